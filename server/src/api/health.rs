@@ -1,0 +1,20 @@
+//! Liveness and readiness probes; they ignore `Host` so kubelets can call them by IP.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+
+use super::state::SharedState;
+use crate::error::ServerError;
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the database answers and the storage accepts a write.
+pub async fn readyz(
+    State(state): State<SharedState>,
+) -> Result<(StatusCode, &'static str), ServerError> {
+    state.db().ping().await?;
+    state.store.storage().check().await?;
+    Ok((StatusCode::OK, "ready\n"))
+}

@@ -1,0 +1,105 @@
+//! The `chunks` table: compressed pieces of NARs, deduplicated globally by the hash of
+//! their uncompressed bytes.
+
+use super::{get, now_unix, Ctx, Database, DbResult};
+
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    pub chunk_hash: String,
+    pub chunk_size: i64,
+    pub file_size: i64,
+    pub compression: String,
+    pub storage_key: String,
+}
+
+/// Where one piece of a NAR lives, in order.
+#[derive(Debug, Clone)]
+pub struct ChunkLoc {
+    pub storage_key: String,
+    pub file_size: i64,
+    pub valid: bool,
+}
+
+impl Database {
+    /// A valid chunk with these bytes and compression, marked as just used so GC's grace
+    /// period protects it until the upload that reuses it commits.
+    pub async fn reuse_chunk(
+        &self,
+        chunk_hash: &str,
+        compression: &str,
+    ) -> DbResult<Option<(i64, i64)>> {
+        let row = sqlx::query(
+            "UPDATE chunks SET last_used_at = $3 WHERE id = (
+                SELECT id FROM chunks WHERE chunk_hash = $1 AND compression = $2 AND state = 'V' LIMIT 1
+             ) AND state = 'V' RETURNING id, file_size",
+        )
+        .bind(chunk_hash)
+        .bind(compression)
+        .bind(now_unix())
+        .fetch_optional(self.pool())
+        .await
+        .ctx("looking up a chunk")?;
+        row.map(|r| Ok((get(&r, "id")?, get(&r, "file_size")?)))
+            .transpose()
+    }
+
+    /// Records a chunk this upload has written to storage; it stays invisible (`P`)
+    /// until the upload commits.
+    pub async fn insert_pending_chunk(&self, c: &NewChunk) -> DbResult<i64> {
+        let now = now_unix();
+        let row = sqlx::query(
+            "INSERT INTO chunks (state, chunk_hash, chunk_size, file_size, compression, storage_key, created_at, last_used_at)
+             VALUES ('P', $1, $2, $3, $4, $5, $6, $6) RETURNING id",
+        )
+        .bind(&c.chunk_hash)
+        .bind(c.chunk_size)
+        .bind(c.file_size)
+        .bind(&c.compression)
+        .bind(&c.storage_key)
+        .bind(now)
+        .fetch_one(self.pool())
+        .await
+        .ctx("recording a chunk")?;
+        get(&row, "id")
+    }
+
+    /// Forgets pending chunks of a failed upload (their files are removed by the caller).
+    pub async fn delete_pending_chunks(&self, ids: &[i64]) -> DbResult<()> {
+        for slice in ids.chunks(500) {
+            let list: Vec<String> = (1..=slice.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM chunks WHERE state = 'P' AND id IN ({})",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in slice {
+                q = q.bind(*id);
+            }
+            q.execute(self.pool())
+                .await
+                .ctx("discarding pending chunks")?;
+        }
+        Ok(())
+    }
+
+    /// The chunks of a NAR in order.
+    pub async fn nar_chunks(&self, nar_id: i64) -> DbResult<Vec<ChunkLoc>> {
+        let rows = sqlx::query(
+            "SELECT c.storage_key, c.file_size, c.state FROM chunkrefs r JOIN chunks c ON c.id = r.chunk_id
+             WHERE r.nar_id = $1 ORDER BY r.seq",
+        )
+        .bind(nar_id)
+        .fetch_all(self.pool())
+        .await
+        .ctx("listing a NAR's chunks")?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChunkLoc {
+                    storage_key: get(r, "storage_key")?,
+                    file_size: get(r, "file_size")?,
+                    valid: get::<String>(r, "state")? == "V",
+                })
+            })
+            .collect()
+    }
+}

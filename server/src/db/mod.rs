@@ -1,0 +1,158 @@
+//! Metadata in SQLite or PostgreSQL through one code path (sqlx `Any`, `$n` placeholders,
+//! which both engines accept). Each submodule owns the queries of one table family.
+
+mod caches;
+mod chunks;
+mod objects;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor};
+
+pub use caches::{CachePatch, CacheRow, NewCache};
+pub use chunks::{ChunkLoc, NewChunk};
+pub use objects::{CommitOutcome, NarRow, NewNar, NewObject, ObjectRow};
+
+#[derive(Debug, thiserror::Error)]
+#[error("database: {context}: {source}")]
+pub struct DbError {
+    context: &'static str,
+    #[source]
+    source: sqlx::Error,
+}
+
+impl DbError {
+    /// True when the database could not be reached (as opposed to a bad query).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.source,
+            sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+        ) || matches!(&self.source, sqlx::Error::Database(d) if d.code().as_deref().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "5"))
+    }
+
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(&self.source, sqlx::Error::Database(d) if d.is_unique_violation())
+    }
+}
+
+pub(crate) trait Ctx<T> {
+    fn ctx(self, context: &'static str) -> Result<T, DbError>;
+}
+
+impl<T> Ctx<T> for Result<T, sqlx::Error> {
+    fn ctx(self, context: &'static str) -> Result<T, DbError> {
+        self.map_err(|source| DbError { context, source })
+    }
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Database {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl Database {
+    pub async fn connect(url: &str) -> anyhow::Result<Database> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Engine::Postgres
+        } else {
+            anyhow::bail!("unsupported database URL (want sqlite: or postgresql:)");
+        };
+        if engine == Engine::Sqlite {
+            ensure_sqlite_parent(url)?;
+        }
+        let opts = AnyPoolOptions::new()
+            .max_connections(if engine == Engine::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = opts
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
+        Ok(Database { pool, engine })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.engine {
+            Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("running database migrations: {e}"))
+    }
+
+    /// Readiness probe: one round trip.
+    pub async fn ping(&self) -> DbResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .ctx("ping")?;
+        Ok(())
+    }
+}
+
+fn ensure_sqlite_parent(url: &str) -> anyhow::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+pub(crate) fn get<'r, T>(row: &'r AnyRow, col: &str) -> DbResult<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    use sqlx::Row;
+    row.try_get(col).ctx("decoding a row")
+}

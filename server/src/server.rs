@@ -1,0 +1,99 @@
+//! Wiring: config → database, storage, store, verifier → HTTP server with graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::api::state::{AppState, SharedState};
+use crate::config::{Config, StorageConfig};
+use crate::db::Database;
+use crate::storage::{DynStorage, LocalStorage};
+use crate::store::Store;
+use crate::token::Verifier;
+
+pub async fn open_storage(cfg: &Config) -> anyhow::Result<DynStorage> {
+    match cfg.storage.as_ref().context("no [storage] configured")? {
+        StorageConfig::Local { path } => Ok(Arc::new(LocalStorage::open(path)?)),
+        StorageConfig::S3(_) => anyhow::bail!("S3 storage is not available in this build yet"),
+    }
+}
+
+/// Connects to everything and runs migrations.
+pub async fn build_state(cfg: Config) -> anyhow::Result<SharedState> {
+    let key = crate::secrets::load_signing_key(&cfg, true)?;
+    let verifier = Verifier::new(
+        key,
+        cfg.jwt.token_bound_issuer.clone(),
+        cfg.jwt.token_bound_audiences.clone(),
+    )
+    .context("preparing the token key")?;
+    let db = Database::connect(cfg.database_url()).await?;
+    db.migrate().await?;
+    let storage = open_storage(&cfg).await?;
+    let store = Store::new(&cfg, db, storage)?;
+    Ok(AppState::new(cfg, store, verifier))
+}
+
+/// How long in-flight requests may run after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let addr = cfg.listen_addr()?;
+    let hint = first_token_hint(&cfg);
+    let state = build_state(cfg).await?;
+    let app = crate::api::router(state);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(%local, "garretd listening");
+    eprintln!("garretd listening on http://{local}/");
+    if let Some(hint) = hint {
+        eprintln!("{hint}");
+    }
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let notify = signalled.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        notify.notify_one();
+    });
+    tokio::select! {
+        res = server => res.context("serving HTTP")?,
+        _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("in-flight requests did not finish within the shutdown grace period");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Told once at start: how to mint a first token for this server.
+fn first_token_hint(cfg: &Config) -> Option<String> {
+    let dir = cfg.data_dir()?;
+    Some(format!(
+        "Mint a first admin token with:\n  garretd make-token --data-dir {} --sub admin --validity '1 year' \\\n    --pull '*' --push '*' --delete '*' --create-cache '*' --configure-cache '*' \\\n    --configure-cache-retention '*' --destroy-cache '*'",
+        dir.display()
+    ))
+}

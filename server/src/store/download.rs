@@ -1,0 +1,35 @@
+//! Serving a NAR: its chunk files, in order, concatenated — a few fetched ahead so storage
+//! latency overlaps with sending.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use super::Store;
+use crate::error::{ServerError, ServerResult};
+use crate::storage::StorageError;
+
+pub type NarStream = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>;
+
+/// Chunk files fetched ahead of the one being sent.
+const PREFETCH: usize = 4;
+
+impl Store {
+    /// Opens a NAR for streaming. Fails up front (503 `IncompleteNar`) if any chunk is known
+    /// to be missing, rather than cutting the download short.
+    pub async fn open_nar(&self, nar_id: i64) -> ServerResult<NarStream> {
+        let chunks = self.db.nar_chunks(nar_id).await?;
+        if chunks.is_empty() || chunks.iter().any(|c| !c.valid) {
+            return Err(ServerError::IncompleteNar);
+        }
+        let storage = self.storage.clone();
+        let stream = futures::stream::iter(chunks)
+            .map(move |c| {
+                let storage = storage.clone();
+                async move { storage.get(&c.storage_key).await }
+            })
+            .buffered(PREFETCH);
+        Ok(Box::pin(stream))
+    }
+}

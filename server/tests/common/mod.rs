@@ -1,0 +1,296 @@
+//! Shared test harness: a real `garretd` process on a random loopback port with its own
+//! data directory, tokens minted by its own `make-token`, and small NAR builders.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub const ALL_RIGHTS: &[&str] = &[
+    "--pull",
+    "*",
+    "--push",
+    "*",
+    "--delete",
+    "*",
+    "--create-cache",
+    "*",
+    "--configure-cache",
+    "*",
+    "--configure-cache-retention",
+    "*",
+    "--destroy-cache",
+    "*",
+];
+
+pub struct Garretd {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Garretd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn garretd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_garretd")
+}
+
+impl Garretd {
+    /// Embedded defaults in a fresh data directory.
+    pub fn start() -> Garretd {
+        Self::start_with(None, &[])
+    }
+
+    /// Starts with an optional config file text (written into the data dir) and extra env.
+    pub fn start_with(config: Option<&str>, env: &[(&str, &str)]) -> Garretd {
+        let tmp = tempfile::Builder::new()
+            .prefix("garretd-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let config_path = config.map(|text| {
+            let p = tmp.path().join("server.toml");
+            std::fs::write(&p, text).expect("write config");
+            p
+        });
+        let mut g = Self::spawn(&data_dir, config_path.as_deref(), env);
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// Starts on an existing data directory (e.g. to test a restart).
+    pub fn spawn(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Garretd {
+        let mut cmd = Command::new(garretd_bin());
+        cmd.arg("--data-dir").arg(data_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("GARRET_LOG", "garret=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn garretd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("garretd listening on ") {
+                    let _ = tx.send(url.trim_end_matches('/').to_string());
+                }
+                eprintln!("[garretd] {line}");
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("garretd did not start listening");
+            }
+        };
+        Garretd {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            _tmp: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs `garretd make-token` against this server's key.
+    pub fn token(&self, sub: &str, validity: &str, rights: &[&str]) -> String {
+        let mut cmd = Command::new(garretd_bin());
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd
+            .args(["make-token", "--sub", sub, "--validity", validity])
+            .args(rights)
+            .output()
+            .expect("run make-token");
+        assert!(
+            out.status.success(),
+            "make-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.token("admin", "1 hour", ALL_RIGHTS)
+    }
+
+    pub fn client(&self) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: self.url.clone(),
+        }
+    }
+}
+
+/// A thin HTTP helper for the Attic API.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, self.url(path));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    pub async fn create_cache(&self, token: &str, name: &str, public: bool) -> reqwest::Response {
+        self.req(
+            reqwest::Method::POST,
+            &format!("_api/v1/cache-config/{name}"),
+            Some(token),
+        )
+        .json(&serde_json::json!({
+            "keypair": "Generate", "is_public": public, "store_dir": "/nix/store",
+            "priority": 41, "upstream_cache_key_names": ["cache.nixos.org-1"]
+        }))
+        .send()
+        .await
+        .expect("send")
+    }
+
+    /// Uploads with the `X-Attic-Nar-Info` header form.
+    pub async fn upload(
+        &self,
+        token: Option<&str>,
+        info: &serde_json::Value,
+        nar: Vec<u8>,
+    ) -> reqwest::Response {
+        self.req(reqwest::Method::PUT, "_api/v1/upload-path", token)
+            .header("X-Attic-Nar-Info", info.to_string())
+            .body(nar)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// Uploads with the body preamble form.
+    pub async fn upload_preamble(
+        &self,
+        token: Option<&str>,
+        info: &serde_json::Value,
+        nar: Vec<u8>,
+    ) -> reqwest::Response {
+        let json = info.to_string().into_bytes();
+        let mut body = json.clone();
+        body.extend_from_slice(&nar);
+        self.req(reqwest::Method::PUT, "_api/v1/upload-path", token)
+            .header("X-Attic-Nar-Info-Preamble-Size", json.len().to_string())
+            .body(body)
+            .send()
+            .await
+            .expect("send")
+    }
+}
+
+// ---- NARs -------------------------------------------------------------------------------
+
+fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    let pad = (8 - s.len() % 8) % 8;
+    out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+/// A NAR holding one regular file.
+pub fn nar_of_file(contents: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
+        nar_str(&mut out, t);
+    }
+    nar_str(&mut out, contents);
+    nar_str(&mut out, b")");
+    out
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random bytes (incompressible, no two seeds alike).
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// A valid-looking store path hash derived from a seed.
+pub fn fake_hash(seed: &str) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let d = Sha256::digest(seed.as_bytes());
+    (0..32)
+        .map(|i| ALPHABET[(d[i] % 32) as usize] as char)
+        .collect()
+}
+
+/// Upload info for a NAR under a made-up store path.
+pub fn upload_info(
+    cache: &str,
+    name: &str,
+    nar: &[u8],
+    references: &[String],
+) -> serde_json::Value {
+    let hash = fake_hash(name);
+    serde_json::json!({
+        "cache": cache,
+        "store_path_hash": hash,
+        "store_path": format!("/nix/store/{hash}-{name}"),
+        "references": references,
+        "system": null, "deriver": null, "sigs": [], "ca": null,
+        "nar_hash": format!("sha256:{}", sha256_hex(nar)),
+        "nar_size": nar.len(),
+    })
+}
