@@ -170,8 +170,8 @@ async fn route_by_caller_by_visibility() {
                 let is_pull = right == "--pull";
                 let expected = match who {
                     "the right" => StatusCode::OK,
-                    "another right" => StatusCode::FORBIDDEN,
                     _ if public && is_pull => StatusCode::OK,
+                    "another right" => StatusCode::FORBIDDEN,
                     _ if public => StatusCode::FORBIDDEN,
                     _ => StatusCode::UNAUTHORIZED,
                 };

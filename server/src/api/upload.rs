@@ -55,10 +55,9 @@ type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>
 /// stream that follows.
 async fn upload_info(
     headers: &HeaderMap,
-    body: Body,
+    stream: &mut BodyStream,
     max_size: usize,
-) -> ServerResult<(UploadPathNarInfo, BodyStream)> {
-    let mut stream: BodyStream = Box::pin(body.into_data_stream());
+) -> ServerResult<UploadPathNarInfo> {
     if let Some(size) = headers.get(NAR_INFO_PREAMBLE_SIZE_HEADER) {
         let size: usize = size
             .to_str()
@@ -94,13 +93,30 @@ async fn upload_info(
             }
         }
         let info = parse_json(&buf)?;
-        let head = futures::stream::once(async move { Ok(rest) });
-        return Ok((info, Box::pin(head.chain(stream))));
+        let tail = std::mem::replace(stream, Box::pin(futures::stream::empty()));
+        *stream = Box::pin(futures::stream::once(async move { Ok(rest) }).chain(tail));
+        return Ok(info);
     }
     let header = headers
         .get(NAR_INFO_HEADER)
         .ok_or_else(|| ServerError::request("X-Attic-Nar-Info must be set"))?;
-    Ok((parse_json(header.as_bytes())?, stream))
+    parse_json(header.as_bytes())
+}
+
+/// After refusing an upload, read (and drop) what the client is still sending, so it gets
+/// to read our error instead of a connection reset. Bounded in bytes and time.
+async fn drain(stream: &mut BodyStream) {
+    const MAX_DRAIN: u64 = 1 << 30;
+    let mut n = 0u64;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(piece)) = stream.next().await {
+            n += piece.len() as u64;
+            if n > MAX_DRAIN {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Checks everything about the upload info that can be checked before reading the NAR.
@@ -141,10 +157,24 @@ pub async fn upload_path(
     headers: HeaderMap,
     body: Body,
 ) -> ServerResult<Json<UploadPathResult>> {
-    let (info, stream) = upload_info(&headers, body, state.config.max_nar_info_size).await?;
+    let mut stream: BodyStream = Box::pin(body.into_data_stream());
+    let res = receive(&state, &caller, &headers, &mut stream).await;
+    if res.is_err() {
+        drain(&mut stream).await;
+    }
+    res
+}
+
+async fn receive(
+    state: &SharedState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    stream: &mut BodyStream,
+) -> ServerResult<Json<UploadPathResult>> {
+    let info = upload_info(headers, stream, state.config.max_nar_info_size).await?;
     let name = parse_cache(&info.cache)?;
     let (path, claim) = validate(&info)?;
-    let c = authorize(&state, &caller, name.as_str(), |p| p.push).await?;
+    let c = authorize(state, caller, name.as_str(), |p| p.push).await?;
     let obj = NewObject {
         cache_id: c.row.id,
         store_path_hash: path.hash().to_string(),
