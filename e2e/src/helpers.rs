@@ -1,0 +1,146 @@
+//! Helpers most tests need: polling, CRD installation, applying YAML.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+
+use crate::{Error, Result};
+
+/// Poll `check` every 200 ms until it returns `Ok(Some(_))`, an error, or
+/// `timeout` passes (then [`Error::Timeout`] naming `what`).
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(timeout, what.to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Server-side apply a CRD (field manager `garret-e2e`, forced) and wait until
+/// it is `Established`. Returns the established CRD.
+pub async fn install_crd(
+    client: &Client,
+    crd: &CustomResourceDefinition,
+    timeout: Duration,
+) -> Result<CustomResourceDefinition> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.name_any();
+    let mut crd = crd.clone();
+    crd.metadata.managed_fields = None;
+    crd.metadata.resource_version = None;
+    api.patch(
+        &name,
+        &PatchParams::apply("garret-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    let established = await_condition(api, &name, conditions::is_crd_established());
+    match tokio::time::timeout(timeout, established).await {
+        Ok(Ok(Some(crd))) => Ok(crd),
+        Ok(Ok(None)) => Err(Error::Yaml(format!(
+            "CRD {name} disappeared while waiting for Established"
+        ))),
+        Ok(Err(e)) => Err(Error::Usage(format!("waiting for CRD {name}: {e}"))),
+        Err(_) => Err(Error::Timeout(
+            timeout,
+            format!("CRD {name} to be Established"),
+        )),
+    }
+}
+
+/// How [`apply_yaml`] applies.
+#[derive(Clone, Debug)]
+pub struct ApplyYaml<'a> {
+    /// Server-side apply field manager.
+    pub field_manager: &'a str,
+    /// Namespace for namespaced objects that name none.
+    pub namespace: &'a str,
+    /// Server-side dry run: validated and admitted, never persisted.
+    pub dry_run: bool,
+    /// Take ownership of conflicting fields.
+    pub force: bool,
+}
+
+impl Default for ApplyYaml<'_> {
+    fn default() -> Self {
+        ApplyYaml {
+            field_manager: "garret-e2e",
+            namespace: "default",
+            dry_run: false,
+            force: false,
+        }
+    }
+}
+
+/// Server-side apply every document of a multi-document YAML stream, in
+/// order, resolving each kind through discovery (so CRDs work once they are
+/// established). Empty documents are skipped. Returns the objects as the API
+/// server answered them; the first failing document stops the run with an
+/// error naming its position, kind and name.
+///
+/// With `dry_run: true` this is `kubectl apply --server-side --dry-run=server`:
+/// the API server validates (schemas, CRD structural schemas, admission)
+/// without storing anything.
+pub async fn apply_yaml(
+    client: &Client,
+    yaml: &str,
+    opts: &ApplyYaml<'_>,
+) -> Result<Vec<DynamicObject>> {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| Error::Yaml(format!("parse YAML: {e}")))?;
+    let mut params = PatchParams::apply(opts.field_manager);
+    if opts.force {
+        params = params.force();
+    }
+    if opts.dry_run {
+        params = params.dry_run();
+    }
+    let mut out = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        if doc.is_null() || doc.as_object().is_some_and(|o| o.is_empty()) {
+            continue;
+        }
+        let at = |msg: String| Error::Yaml(format!("document {}: {msg}", i + 1));
+        let obj: DynamicObject =
+            serde_json::from_value(doc).map_err(|e| at(format!("not a Kubernetes object: {e}")))?;
+        let types = obj
+            .types
+            .as_ref()
+            .ok_or_else(|| at("missing apiVersion/kind".into()))?;
+        let gvk = GroupVersionKind::try_from(types)
+            .map_err(|e| at(format!("bad apiVersion/kind: {e}")))?;
+        let name = obj
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| at(format!("{} has no metadata.name", gvk.kind)))?;
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .map_err(|e| at(format!("discover {}/{}: {e}", gvk.api_version(), gvk.kind)))?;
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            let ns = obj.metadata.namespace.as_deref().unwrap_or(opts.namespace);
+            Api::namespaced_with(client.clone(), ns, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let applied = api
+            .patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .map_err(|e| at(format!("apply {} {name}: {e}", gvk.kind)))?;
+        out.push(applied);
+    }
+    Ok(out)
+}

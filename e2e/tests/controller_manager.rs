@@ -1,0 +1,114 @@
+//! With kube-controller-manager: garbage collection of owned objects and
+//! namespace deletion. One control plane (etcd + kube-apiserver +
+//! kube-controller-manager) for this test binary.
+
+use std::time::Duration;
+
+use garret_e2e::{wait_for, ControlPlane, Options};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::Resource;
+
+const GC: Duration = Duration::from_secs(90);
+
+async fn cp() -> &'static ControlPlane {
+    ControlPlane::shared(Options::new().with_controller_manager())
+        .await
+        .expect("start control plane with kube-controller-manager")
+}
+
+fn config_map(name: &str, owner: Option<&ConfigMap>) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            owner_references: owner.map(|o| {
+                vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    name: o.metadata.name.clone().unwrap_or_default(),
+                    uid: o.metadata.uid.clone().unwrap_or_default(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }]
+            }),
+            ..Default::default()
+        },
+        data: Some([("k".to_string(), "v".to_string())].into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn owned_config_map_is_garbage_collected_with_its_owner() {
+    let cp = cp().await;
+    assert!(cp.has_controller_manager());
+    let client = cp.admin_client().await.expect("admin client");
+    let ns = cp.create_namespace("gc").await.expect("namespace");
+    let api: Api<ConfigMap> = Api::namespaced(client, &ns);
+
+    let owner = api
+        .create(&PostParams::default(), &config_map("owner", None))
+        .await
+        .expect("create owner");
+    assert!(owner.meta().uid.is_some());
+    api.create(&PostParams::default(), &config_map("owned", Some(&owner)))
+        .await
+        .expect("create owned");
+    api.create(&PostParams::default(), &config_map("bystander", None))
+        .await
+        .expect("create bystander");
+
+    // While the owner lives, the garbage collector leaves the child alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(api.get_opt("owned").await.expect("get").is_some());
+
+    api.delete("owner", &DeleteParams::background())
+        .await
+        .expect("delete owner");
+    wait_for(GC, "owned ConfigMap to be garbage collected", || {
+        let api = api.clone();
+        async move { Ok(api.get_opt("owned").await?.is_none().then_some(())) }
+    })
+    .await
+    .expect("garbage collected");
+    assert!(
+        api.get_opt("bystander").await.expect("get").is_some(),
+        "unowned objects survive"
+    );
+}
+
+#[tokio::test]
+async fn namespaces_get_service_accounts_and_can_be_deleted() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("admin client");
+    let ns = cp.create_namespace("nsdel").await.expect("namespace");
+
+    // The ServiceAccount controller creates `default` in every namespace.
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    wait_for(GC, "default ServiceAccount", || {
+        let sas = sas.clone();
+        async move { Ok(sas.get_opt("default").await?) }
+    })
+    .await
+    .expect("default ServiceAccount");
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    cms.create(&PostParams::default(), &config_map("content", None))
+        .await
+        .expect("create content");
+
+    // The namespace controller empties and finalizes a deleted namespace.
+    let namespaces: Api<Namespace> = Api::all(client);
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    wait_for(GC, "namespace to be finalized", || {
+        let namespaces = namespaces.clone();
+        let ns = ns.clone();
+        async move { Ok(namespaces.get_opt(&ns).await?.is_none().then_some(())) }
+    })
+    .await
+    .expect("namespace gone");
+}
