@@ -112,3 +112,63 @@ async fn namespaces_get_service_accounts_and_can_be_deleted() {
     .await
     .expect("namespace gone");
 }
+
+#[tokio::test]
+async fn deployment_gets_a_replica_set_and_pending_pods() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::Pod;
+
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("admin client");
+    let ns = cp.create_namespace("deploy").await.expect("namespace");
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "web", "image": "example.invalid/web:1" }] },
+            },
+        },
+    }))
+    .expect("deployment");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let created = deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let rs = wait_for(GC, "ReplicaSet owned by the Deployment", || {
+        let replica_sets = replica_sets.clone();
+        async move {
+            Ok(replica_sets
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .next())
+        }
+    })
+    .await
+    .expect("replica set");
+    let owner = rs.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owner.first().map(|o| o.uid.clone()), created.metadata.uid);
+
+    // No scheduler, no kubelet: the pods exist and stay Pending.
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let pending = wait_for(GC, "two Pods from the ReplicaSet", || {
+        let pods = pods.clone();
+        async move {
+            let items = pods.list(&Default::default()).await?.items;
+            Ok((items.len() == 2).then_some(items))
+        }
+    })
+    .await
+    .expect("pods");
+    for pod in pending {
+        assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
+        assert_eq!(pod.spec.and_then(|s| s.node_name), None);
+    }
+}
