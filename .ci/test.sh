@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command the README gives: the whole workspace, then the server suite once more
+# on PostgreSQL when a test database is configured (GARRET_TEST_POSTGRES_URL).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cargo test --workspace --locked
+if [ -n "${GARRET_TEST_POSTGRES_URL:-}" ]; then
+    echo "==> server tests on PostgreSQL"
+    GARRET_TEST_DATABASE=postgres cargo test -p garret --locked --tests
+fi
