@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cache_name;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
