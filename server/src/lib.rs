@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod gc;
 pub mod nix;
 pub mod secrets;
 pub mod server;

@@ -15,7 +15,9 @@ use crate::token::Verifier;
 pub async fn open_storage(cfg: &Config) -> anyhow::Result<DynStorage> {
     match cfg.storage.as_ref().context("no [storage] configured")? {
         StorageConfig::Local { path } => Ok(Arc::new(LocalStorage::open(path)?)),
-        StorageConfig::S3(_) => anyhow::bail!("S3 storage is not available in this build yet"),
+        StorageConfig::S3(s3) => Ok(Arc::new(
+            crate::storage::S3Storage::new(s3).context("configuring S3 storage")?,
+        )),
     }
 }
 
@@ -42,6 +44,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let addr = cfg.listen_addr()?;
     let hint = first_token_hint(&cfg);
     let state = build_state(cfg).await?;
+    spawn_gc_loop(&state);
     let app = crate::api::router(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -96,4 +99,33 @@ fn first_token_hint(cfg: &Config) -> Option<String> {
         "Mint a first admin token with:\n  garretd make-token --data-dir {} --sub admin --validity '1 year' \\\n    --pull '*' --push '*' --delete '*' --create-cache '*' --configure-cache '*' \\\n    --configure-cache-retention '*' --destroy-cache '*'",
         dir.display()
     ))
+}
+
+/// Periodic GC inside the server (`[garbage-collection] interval`, 0 = off). Several
+/// replicas may run it at once: every phase is safe to repeat and to race.
+fn spawn_gc_loop(state: &SharedState) {
+    let interval = state.config.garbage_collection.interval;
+    if interval.is_zero() {
+        return;
+    }
+    let settings = state.config.gc_settings();
+    let db = state.store.db().clone();
+    let storage = state.store.storage().clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tick.tick().await;
+            if let Err(e) = crate::gc::run_once(&db, &storage, settings, crate::gc::StopAfter::Never).await {
+                tracing::warn!(error = format!("{e:#}"), "garbage collection failed; will retry");
+            }
+        }
+    });
+}
+
+/// `garretd gc`: one pass, then exit.
+pub async fn gc_once(cfg: &Config, stop: crate::gc::StopAfter) -> anyhow::Result<crate::gc::GcReport> {
+    let db = Database::connect(cfg.database_url()).await?;
+    db.migrate().await?;
+    let storage = open_storage(cfg).await?;
+    crate::gc::run_once(&db, &storage, cfg.gc_settings(), stop).await
 }

@@ -342,41 +342,6 @@ async fn upload_serve_and_deduplicate() {
     assert_eq!(parse_narinfo(&text)["NarSize"], small.len().to_string());
 }
 
-/// Counts rows of a table in the server's SQLite database.
-fn count(g: &Garretd, table: &str) -> i64 {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM {table}').fetchone()[0])"
-        ))
-        .arg(g.data_dir.join("server.db"))
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a count")
-}
-
-fn chunk_files(g: &Garretd) -> usize {
-    fn walk(p: &std::path::Path) -> usize {
-        std::fs::read_dir(p)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| {
-                        if e.path().is_dir() {
-                            walk(&e.path())
-                        } else {
-                            1
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    walk(&g.data_dir.join("storage"))
-}
-
 #[tokio::test]
 async fn bad_uploads_are_refused_and_store_nothing() {
     let g = Garretd::start();
@@ -522,10 +487,10 @@ async fn bad_uploads_are_refused_and_store_nothing() {
 
     // nothing of the above was stored, after the background cleanup had a moment
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(count(&g, "objects"), 0);
-    assert_eq!(count(&g, "nars"), 0);
-    assert_eq!(count(&g, "chunks"), 0);
-    assert_eq!(chunk_files(&g), 0);
+    assert_eq!(g.count("objects"), 0);
+    assert_eq!(g.count("nars"), 0);
+    assert_eq!(g.count("chunks"), 0);
+    assert_eq!(g.chunk_files(), 0);
 
     // an upload cut off mid-body leaves nothing either
     let info = upload_info("c", "x-7", &nar, &[]);
@@ -542,18 +507,18 @@ async fn bad_uploads_are_refused_and_store_nothing() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     drop(stream);
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-    assert_eq!(count(&g, "objects"), 0);
+    assert_eq!(g.count("objects"), 0);
     assert_eq!(
-        count(&g, "chunks"),
+        g.count("chunks"),
         0,
         "chunks of an interrupted upload are removed"
     );
-    assert_eq!(chunk_files(&g), 0);
+    assert_eq!(g.chunk_files(), 0);
 
     // and the real upload still works afterwards
     let r = json(api.upload(Some(&admin), &info, nar.clone()).await).await;
     assert_eq!(r["kind"], "Uploaded");
-    assert_eq!(count(&g, "objects"), 1);
+    assert_eq!(g.count("objects"), 1);
 }
 
 #[tokio::test]

@@ -480,3 +480,49 @@ fn bad_input_gives_clear_errors_and_exit_code_1() {
         "nothing to change",
     );
 }
+
+#[test]
+fn watch_store_pushes_new_paths() {
+    let Some(env) = Env::new() else { return };
+    let g = Garretd::start();
+    let admin = g.admin_token();
+    env.garret_ok(&["login", "main", &g.url, &admin]);
+    env.garret_ok(&["cache", "create", "w", "--public"]);
+    // make sure the chroot store exists before watching it
+    let (_, _) = env.build_chain(10);
+    let watch_dir = env.root.join("A/nix/store");
+    let mut child = env
+        .garret_cmd(
+            &[
+                "watch-store",
+                "w",
+                "--watch-dir",
+                watch_dir.to_str().expect("utf8"),
+            ],
+            &[],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn watch-store");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (top, closure) = env.build_chain(1000);
+    let url = format!("{}/w/{}.narinfo", g.url, &top["/nix/store/".len()..][..32]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut found = false;
+    while std::time::Instant::now() < deadline {
+        let status = rt.block_on(reqwest::get(&url)).map(|r| r.status());
+        if status.is_ok_and(|s| s.is_success()) {
+            found = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "watch-store did not push {top}");
+    env.garret_ok(&["use", "w"]);
+    let out = env.substitute(&env.store("B"), &top, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(closure.len(), 3);
+}

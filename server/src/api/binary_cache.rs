@@ -20,7 +20,7 @@ pub(super) fn parse_cache(name: &str) -> ServerResult<CacheName> {
 }
 
 /// `<hash>.<ext>` with exactly the expected extension, else 404 as Attic does.
-pub(super) fn parse_file<'a>(file: &'a str, ext: &str) -> ServerResult<StorePathHash> {
+pub(super) fn parse_file(file: &str, ext: &str) -> ServerResult<StorePathHash> {
     let (hash, got) = file.split_once('.').ok_or(ServerError::NotFound)?;
     if got != ext {
         return Err(ServerError::NotFound);
@@ -114,7 +114,9 @@ pub async fn nar(
     Path((cache, file)): Path<(String, String)>,
 ) -> ServerResult<Response> {
     let name = parse_cache(&cache)?;
-    let hash = parse_file(&file, "nar")?;
+    // Nix probes `nar/<file hash>.nar.xz` before uploading: anything that is not one of
+    // our own `<store path hash>.nar` names is simply absent.
+    let hash = parse_file(&file, "nar").map_err(|_| ServerError::NotFound)?;
     let c = authorize(&state, &caller, name.as_str(), |p| p.pull).await?;
     let obj = state
         .db()

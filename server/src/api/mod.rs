@@ -7,6 +7,7 @@ mod cache_config;
 mod endpoint;
 mod health;
 mod home;
+mod nix_upload;
 pub mod state;
 pub mod types;
 mod upload;
@@ -42,10 +43,19 @@ pub fn router(state: SharedState) -> Router {
             post(upload::get_missing_paths),
         )
         .route("/_api/v1/upload-path", put(upload::upload_path))
-        .route("/{cache}/nix-cache-info", get(binary_cache::nix_cache_info))
+        .route(
+            "/{cache}/nix-cache-info",
+            get(binary_cache::nix_cache_info).put(nix_upload::put_cache_info),
+        )
         .route("/{cache}/attic-cache-info", get(cache_config::get_config))
-        .route("/{cache}/{file}", get(binary_cache::narinfo))
-        .route("/{cache}/nar/{file}", get(binary_cache::nar))
+        .route(
+            "/{cache}/{file}",
+            get(binary_cache::narinfo).put(nix_upload::put_narinfo),
+        )
+        .route(
+            "/{cache}/nar/{file}",
+            get(binary_cache::nar).put(nix_upload::put_nar),
+        )
         .fallback(|| async { ServerError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));

@@ -54,6 +54,12 @@ enum Command {
     Migrate,
     /// Load and validate the configuration, then exit.
     CheckConfig,
+    /// Run one garbage-collection pass (expire objects, delete unreferenced NARs and chunks).
+    Gc {
+        /// Stop after marking chunks for deletion (simulates a crash; for tests).
+        #[arg(long, hide = true)]
+        stop_after_mark: bool,
+    },
 }
 
 #[derive(Args)]
@@ -130,6 +136,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::MakeToken(args) => make_token(&cfg, args),
+        Command::Gc { stop_after_mark } => rt.block_on(async {
+            let stop = if stop_after_mark {
+                garret::gc::StopAfter::Mark
+            } else {
+                garret::gc::StopAfter::Never
+            };
+            let r = garret::server::gc_once(&cfg, stop).await?;
+            println!(
+                "expired {} objects, deleted {} NARs and {} chunks, freed {} bytes",
+                r.objects_expired, r.nars_deleted, r.chunks_deleted, r.bytes_freed
+            );
+            Ok(())
+        }),
     }
 }
 

@@ -156,6 +156,14 @@ pub struct GcConfig {
     pub interval: Duration,
     #[serde(default, with = "duration::serde_humantime")]
     pub default_retention_period: Duration,
+    /// Garret: how long unreferenced NARs and chunks rest before deletion, so uploads in
+    /// flight can still claim them.
+    #[serde(default = "default_orphan_grace", with = "duration::serde_humantime")]
+    pub orphan_grace_period: Duration,
+}
+
+fn default_orphan_grace() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_gc_interval() -> Duration {
@@ -167,6 +175,7 @@ impl Default for GcConfig {
         Self {
             interval: default_gc_interval(),
             default_retention_period: Duration::ZERO,
+            orphan_grace_period: default_orphan_grace(),
         }
     }
 }
@@ -202,6 +211,13 @@ pub struct ConfigSource {
 }
 
 impl Config {
+    pub fn gc_settings(&self) -> crate::gc::GcSettings {
+        crate::gc::GcSettings {
+            default_retention: self.garbage_collection.default_retention_period,
+            orphan_grace: self.garbage_collection.orphan_grace_period,
+        }
+    }
+
     /// Loads and validates the configuration, resolving embedded defaults.
     pub fn load(src: &ConfigSource) -> anyhow::Result<Config> {
         let text = match &src.file {

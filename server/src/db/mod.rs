@@ -3,6 +3,7 @@
 
 mod caches;
 mod chunks;
+mod gc;
 mod objects;
 
 use std::time::Duration;

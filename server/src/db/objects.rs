@@ -171,7 +171,12 @@ impl Database {
 
     /// Makes an upload visible in one transaction: the NAR, its chunk list, its chunks
     /// (pending → valid) and the object.
-    pub async fn commit_upload(&self, obj: &NewObject, nar: &NewNar) -> DbResult<CommitOutcome> {
+    /// Returns the id of the NAR the object now points at (ours, or the one that won a race).
+    pub async fn commit_upload(
+        &self,
+        obj: Option<&NewObject>,
+        nar: &NewNar,
+    ) -> DbResult<(CommitOutcome, i64)> {
         let mut tx = self.pool().begin().await.ctx("beginning a transaction")?;
         let existing = sqlx::query("SELECT id FROM nars WHERE nar_hash = $1 AND compression = $2")
             .bind(&nar.nar_hash)
@@ -181,9 +186,11 @@ impl Database {
             .ctx("checking for a concurrent NAR")?;
         if let Some(row) = existing {
             let id: i64 = get(&row, "id")?;
-            upsert_object(&mut tx, obj, id).await?;
+            if let Some(obj) = obj {
+                upsert_object(&mut tx, obj, id).await?;
+            }
             tx.commit().await.ctx("committing an object")?;
-            return Ok(CommitOutcome::Raced);
+            return Ok((CommitOutcome::Raced, id));
         }
 
         // Reused chunks must still be valid: GC may have claimed one since we looked.
@@ -208,7 +215,7 @@ impl Database {
             let res = q.execute(&mut *tx).await.ctx("re-checking reused chunks")?;
             if res.rows_affected() != slice.len() as u64 {
                 tx.rollback().await.ctx("rolling back")?;
-                return Ok(CommitOutcome::ChunkGone);
+                return Ok((CommitOutcome::ChunkGone, 0));
             }
         }
         let mut pending_sorted: Vec<i64> = pending.into_iter().collect();
@@ -225,7 +232,7 @@ impl Database {
             let res = q.execute(&mut *tx).await.ctx("validating new chunks")?;
             if res.rows_affected() != slice.len() as u64 {
                 tx.rollback().await.ctx("rolling back")?;
-                return Ok(CommitOutcome::ChunkGone);
+                return Ok((CommitOutcome::ChunkGone, 0));
             }
         }
 
@@ -260,9 +267,11 @@ impl Database {
                 .await
                 .ctx("inserting chunk references")?;
         }
-        upsert_object(&mut tx, obj, nar_id).await?;
+        if let Some(obj) = obj {
+            upsert_object(&mut tx, obj, nar_id).await?;
+        }
         tx.commit().await.ctx("committing an upload")?;
-        Ok(CommitOutcome::Stored)
+        Ok((CommitOutcome::Stored, nar_id))
     }
 }
 
@@ -290,4 +299,52 @@ async fn upsert_object(tx: &mut Transaction<'_, Any>, o: &NewObject, nar_id: i64
     .await
     .ctx("upserting an object")?;
     Ok(())
+}
+
+impl Database {
+    /// Remembers that a cache received this NAR through Nix's own upload protocol.
+    pub async fn record_nix_upload(&self, cache_id: i64, nar_hash: &str, nar_id: i64) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO nix_uploads (cache_id, nar_hash, nar_id, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (cache_id, nar_hash) DO UPDATE SET nar_id = excluded.nar_id, created_at = excluded.created_at",
+        )
+        .bind(cache_id)
+        .bind(nar_hash)
+        .bind(nar_id)
+        .bind(now_unix())
+        .execute(self.pool())
+        .await
+        .ctx("recording a Nix upload")?;
+        Ok(())
+    }
+
+    /// The NAR a cache received for this hash, if any: the narinfo's commit point.
+    pub async fn find_nix_upload(&self, cache_id: i64, nar_hash: &str) -> DbResult<Option<NarRow>> {
+        let row = sqlx::query(
+            "SELECT n.id, n.nar_size FROM nix_uploads u JOIN nars n ON n.id = u.nar_id
+             WHERE u.cache_id = $1 AND u.nar_hash = $2",
+        )
+        .bind(cache_id)
+        .bind(nar_hash)
+        .fetch_optional(self.pool())
+        .await
+        .ctx("looking up a Nix upload")?;
+        row.map(|r| {
+            Ok(NarRow {
+                id: get(&r, "id")?,
+                nar_size: get(&r, "nar_size")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn forget_nix_upload(&self, cache_id: i64, nar_hash: &str) -> DbResult<()> {
+        sqlx::query("DELETE FROM nix_uploads WHERE cache_id = $1 AND nar_hash = $2")
+            .bind(cache_id)
+            .bind(nar_hash)
+            .execute(self.pool())
+            .await
+            .ctx("forgetting a Nix upload")?;
+        Ok(())
+    }
 }

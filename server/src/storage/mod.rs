@@ -2,12 +2,14 @@
 //! bounded by `[chunking] max-size`, so whole-blob reads and writes keep memory constant.
 
 mod local;
+mod s3;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use local::LocalStorage;
+pub use s3::S3Storage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

@@ -24,12 +24,15 @@ impl Store {
             return Err(ServerError::IncompleteNar);
         }
         let storage = self.storage.clone();
-        let stream = futures::stream::iter(chunks)
+        let mut stream = futures::stream::iter(chunks)
             .map(move |c| {
                 let storage = storage.clone();
                 async move { storage.get(&c.storage_key).await }
             })
             .buffered(PREFETCH);
-        Ok(Box::pin(stream))
+        // Await the first chunk before any header goes out, so a storage outage is a 503
+        // with a JSON body instead of a 200 whose body breaks off.
+        let first = stream.next().await.transpose()?;
+        Ok(Box::pin(futures::stream::iter(first.map(Ok)).chain(stream)))
     }
 }

@@ -45,6 +45,15 @@ struct ChunkResult {
     reused: bool,
 }
 
+/// What one streaming pass produced, before it is committed.
+struct Received {
+    results: Vec<ChunkResult>,
+    hash: Sha256Hash,
+    size: u64,
+    single: bool,
+    pending: PendingChunks,
+}
+
 type ChunkTask = tokio::task::JoinHandle<ServerResult<ChunkResult>>;
 
 /// The chunks an upload has written or is writing. Dropping it armed (error, panic, client
@@ -118,8 +127,43 @@ impl Store {
         obj: NewObject,
         claim: NarClaim,
         hash_text: String,
-        mut body: S,
+        body: S,
     ) -> ServerResult<UploadOutcome>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let got = self.receive(body, Some(claim.nar_size)).await?;
+        if got.size != claim.nar_size || got.hash != claim.nar_hash {
+            return Err(ServerError::request(format!(
+                "Bad NAR Hash or Size: received {} bytes hashing to {}, declared {} bytes hashing to {}",
+                got.size,
+                got.hash.to_typed_hex(),
+                claim.nar_size,
+                hash_text
+            )));
+        }
+        let (outcome, _) = self.commit(Some(&obj), got).await?;
+        Ok(outcome)
+    }
+
+    /// Stores a NAR whose hash is not known in advance (Nix's own uploads announce it only
+    /// in the narinfo that follows). The NAR is committed without any object, so it stays
+    /// invisible until a narinfo claims it; GC reaps it if none ever does. Returns the NAR's
+    /// id, hash and size.
+    pub async fn ingest_unclaimed<S, E>(&self, body: S) -> ServerResult<(i64, Sha256Hash, u64)>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let got = self.receive(body, None).await?;
+        let (hash, size) = (got.hash, got.size);
+        let (_, id) = self.commit(None, got).await?;
+        Ok((id, hash, size))
+    }
+
+    /// The streaming pass: hash, validate, chunk, and store chunks (as pending).
+    async fn receive<S, E>(&self, mut body: S, expected: Option<u64>) -> ServerResult<Received>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
@@ -133,7 +177,7 @@ impl Store {
         let mut hasher = Sha256::new();
         let mut validator = NarValidator::new();
         let mut received: u64 = 0;
-        let single = (claim.nar_size as usize) < self.threshold;
+        let single = expected.is_some_and(|n| (n as usize) < self.threshold);
         let mut chunker = Chunker::new(if single {
             super::ChunkParams {
                 min_size: self.threshold.max(64),
@@ -151,10 +195,9 @@ impl Store {
             match body.next().await {
                 Some(Ok(piece)) => {
                     received += piece.len() as u64;
-                    if received > claim.nar_size {
+                    if let Some(limit) = expected.filter(|limit| received > *limit) {
                         return Err(ServerError::request(format!(
-                            "Bad NAR Hash or Size: the body is longer than the declared {} bytes",
-                            claim.nar_size
+                            "Bad NAR Hash or Size: the body is longer than the declared {limit} bytes"
                         )));
                     }
                     hasher.update(&piece);
@@ -187,45 +230,55 @@ impl Store {
         while let Some(done) = pending.in_flight.next().await {
             results.push(joined(done)?);
         }
-
+        // Hash and size first: a truncated body is reported as such, not as a bad NAR.
         let digest: [u8; 32] = hasher.finalize().into();
-        if received != claim.nar_size || Sha256Hash::from_digest(digest) != claim.nar_hash {
-            return Err(ServerError::request(format!(
-                "Bad NAR Hash or Size: received {received} bytes hashing to {}, declared {} bytes hashing to {}",
-                Sha256Hash::from_digest(digest).to_typed_hex(),
-                claim.nar_size,
-                hash_text
-            )));
+        let hash = Sha256Hash::from_digest(digest);
+        if expected.is_none_or(|n| n == received) {
+            validator
+                .finish()
+                .map_err(|e| ServerError::request(format!("Malformed NAR: {e}")))?;
         }
-        validator
-            .finish()
-            .map_err(|e| ServerError::request(format!("Malformed NAR: {e}")))?;
+        Ok(Received {
+            results,
+            hash,
+            size: received,
+            single,
+            pending,
+        })
+    }
 
-        let new_ids: Vec<i64> = results.iter().filter(|r| !r.reused).map(|r| r.id).collect();
+    /// Makes received chunks a NAR (and, with `obj`, an object pointing at it).
+    async fn commit(&self, obj: Option<&NewObject>, got: Received) -> ServerResult<(UploadOutcome, i64)> {
+        let Received {
+            results,
+            hash,
+            size,
+            single,
+            mut pending,
+        } = got;
+        if size == 0 {
+            return Err(ServerError::request("the NAR is empty"));
+        }
         let nar = NewNar {
-            nar_hash: hash_text,
-            nar_size: claim.nar_size as i64,
+            nar_hash: hash.to_typed_hex(),
+            nar_size: size as i64,
             compression: self.compression.nix_name().to_string(),
             chunk_ids: results.iter().map(|r| r.id).collect(),
-            pending: new_ids,
+            pending: results.iter().filter(|r| !r.reused).map(|r| r.id).collect(),
         };
-        match self.db.commit_upload(&obj, &nar).await? {
-            CommitOutcome::Stored => {
+        match self.db.commit_upload(obj, &nar).await? {
+            (CommitOutcome::Stored, id) => {
                 pending.disarm();
-                let reused: usize = results
-                    .iter()
-                    .filter(|r| r.reused)
-                    .map(|r| r.raw_size)
-                    .sum();
-                Ok(UploadOutcome::Uploaded {
+                let reused: usize = results.iter().filter(|r| r.reused).map(|r| r.raw_size).sum();
+                let outcome = UploadOutcome::Uploaded {
                     file_size: results.iter().map(|r| r.file_size as u64).sum(),
-                    frac_deduplicated: (!single)
-                        .then(|| reused as f64 / (claim.nar_size.max(1)) as f64),
-                })
+                    frac_deduplicated: (!single).then(|| reused as f64 / (size.max(1)) as f64),
+                };
+                Ok((outcome, id))
             }
             // Dropping `pending` (still armed) discards our now redundant chunks.
-            CommitOutcome::Raced => Ok(UploadOutcome::Deduplicated),
-            CommitOutcome::ChunkGone => Err(ServerError::Unavailable(
+            (CommitOutcome::Raced, id) => Ok((UploadOutcome::Deduplicated, id)),
+            (CommitOutcome::ChunkGone, _) => Err(ServerError::Unavailable(
                 "a chunk was garbage-collected during the upload; please retry".into(),
             )),
         }

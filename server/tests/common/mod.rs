@@ -2,6 +2,8 @@
 //! data directory, tokens minted by its own `make-token`, and small NAR builders.
 #![allow(dead_code)]
 
+pub mod nix;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -135,6 +137,70 @@ impl Garretd {
             .expect("utf8")
             .trim()
             .to_string()
+    }
+
+    /// Runs another garretd command (e.g. `gc`) on this server's data dir and config.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(garretd_bin());
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd
+            .args(args)
+            .env("GARRET_LOG", "info")
+            .output()
+            .expect("run garretd");
+        eprintln!(
+            "$ garretd {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// One value from the server's SQLite database (tests on the embedded default).
+    pub fn sql(&self, query: &str) -> String {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])")
+            .arg(self.data_dir.join("server.db"))
+            .arg(query)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.sql(&format!("SELECT COUNT(*) FROM {table}"))
+            .parse()
+            .expect("a count")
+    }
+
+    /// Number of chunk files in local storage.
+    pub fn chunk_files(&self) -> usize {
+        fn walk(p: &Path) -> usize {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                walk(&e.path())
+                            } else {
+                                1
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.data_dir.join("storage"))
     }
 
     pub fn admin_token(&self) -> String {

@@ -32,6 +32,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     Login(login::Args),
+    /// Create, configure, inspect or destroy caches.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
     Use(use_cache::Args),

@@ -1,0 +1,95 @@
+//! Garbage collection. Each phase is idempotent and leaves a consistent state on its own,
+//! so a crashed or interrupted run is finished by the next one:
+//! 1. expire objects past their cache's retention;
+//! 2. drop NARs no object references (chunk references cascade);
+//! 3. mark unreferenced chunks `D` (deleting), delete their files, then their rows.
+//!
+//! Uploads never reference a `D` chunk: reuse requires `V` and refreshes `last_used_at`,
+//! and the commit re-checks both in its transaction, so GC and uploads may race freely.
+
+mod policy;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+pub use policy::{orphan_cutoff, retention_cutoff};
+
+use crate::db::{now_unix, Database};
+use crate::storage::DynStorage;
+
+#[derive(Debug, Clone, Copy)]
+pub struct GcSettings {
+    pub default_retention: Duration,
+    pub orphan_grace: Duration,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    pub objects_expired: u64,
+    pub nars_deleted: u64,
+    pub chunks_deleted: u64,
+    pub bytes_freed: u64,
+}
+
+/// Where a run may be told to stop early, to prove that the next run finishes the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopAfter {
+    Never,
+    /// After marking chunks `D`, before touching storage (as if the process died there).
+    Mark,
+}
+
+/// Storage deletions in flight at once.
+const PARALLEL_DELETES: usize = 16;
+const BATCH: i64 = 500;
+
+pub async fn run_once(db: &Database, storage: &DynStorage, s: GcSettings, stop: StopAfter) -> anyhow::Result<GcReport> {
+    let now = now_unix();
+    let mut report = GcReport::default();
+    for (id, own) in db.cache_retentions().await? {
+        if let Some(cutoff) = retention_cutoff(now, own, s.default_retention) {
+            report.objects_expired += db.expire_objects(id, cutoff).await?;
+        }
+    }
+    let orphan = orphan_cutoff(now, s.orphan_grace);
+    report.nars_deleted = db.delete_orphan_nars(orphan).await?;
+    db.mark_orphan_chunks(orphan).await?;
+    if stop == StopAfter::Mark {
+        return Ok(report);
+    }
+    loop {
+        let batch = db.deleting_chunks(BATCH).await?;
+        if batch.is_empty() {
+            break;
+        }
+        let results: Vec<_> = futures::stream::iter(batch)
+            .map(|(id, key, size)| {
+                let storage = storage.clone();
+                async move { (id, size, storage.delete(&key).await) }
+            })
+            .buffer_unordered(PARALLEL_DELETES)
+            .collect()
+            .await;
+        let mut gone = Vec::new();
+        let mut failed = false;
+        for (id, size, res) in results {
+            match res {
+                Ok(()) => {
+                    gone.push(id);
+                    report.bytes_freed += size as u64;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "GC could not delete a chunk; will retry next run");
+                    failed = true;
+                }
+            }
+        }
+        report.chunks_deleted += db.forget_chunks(&gone).await?;
+        if failed {
+            break;
+        }
+    }
+    tracing::info!(?report, "garbage collection finished");
+    Ok(report)
+}
