@@ -123,7 +123,7 @@ pub async fn plan(
         }
     }
     // Big NARs first keeps all workers busy until the end.
-    plan.upload.sort_by(|a, b| b.nar_size.cmp(&a.nar_size));
+    plan.upload.sort_by_key(|p| std::cmp::Reverse(p.nar_size));
     Ok(plan)
 }
 
