@@ -3,7 +3,6 @@
 //! into one PUT. Failures are collected per path; they never stop the other uploads.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,32 +160,33 @@ pub async fn upload(
     progress: &Progress,
 ) -> Summary {
     let start = Instant::now();
-    let bytes = Arc::new(AtomicU64::new(0));
     let mut summary = Summary {
         already_present: plan.already_present,
         upstream: plan.upstream,
         ..Default::default()
     };
-    let results: Vec<(String, Result<UploadPathResultKind>)> =
-        futures::stream::iter(plan.upload.into_iter().map(|info| {
-            let bytes = bytes.clone();
-            async move {
-                let path = info.path.as_str().to_string();
-                let r = upload_one(api, cache, &info, opts, progress, &bytes).await;
-                (path, r)
-            }
+    let results: Vec<(String, u64, Result<UploadPathResultKind>)> =
+        futures::stream::iter(plan.upload.into_iter().map(|info| async move {
+            let path = info.path.as_str().to_string();
+            let r = upload_one(api, cache, &info, opts, progress).await;
+            (path, info.nar_size, r)
         }))
         .buffer_unordered(opts.jobs.max(1))
         .collect()
         .await;
-    for (path, r) in results {
+    // Bytes of NARs that made it (not bytes streamed, which count retried attempts too).
+    for (path, size, r) in results {
         match r {
-            Ok(UploadPathResultKind::Deduplicated) => summary.deduplicated += 1,
-            Ok(_) => summary.pushed += 1,
+            Ok(kind) => {
+                summary.bytes += size;
+                match kind {
+                    UploadPathResultKind::Deduplicated => summary.deduplicated += 1,
+                    _ => summary.pushed += 1,
+                }
+            }
             Err(e) => summary.failed.push((path, format!("{e:#}"))),
         }
     }
-    summary.bytes = bytes.load(Ordering::Relaxed);
     summary.elapsed = start.elapsed();
     summary
 }
@@ -211,12 +211,11 @@ async fn upload_one(
     info: &PathInfo,
     opts: &PushOptions,
     progress: &Progress,
-    total: &Arc<AtomicU64>,
 ) -> Result<UploadPathResultKind> {
     let path = info.path.as_str();
     let mut attempt = 1;
     loop {
-        match upload_attempt(api, cache, info, opts, progress, total).await {
+        match upload_attempt(api, cache, info, opts, progress).await {
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                 progress.println(&format!("retrying {path} after: {e:#}"));
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
@@ -233,18 +232,15 @@ async fn upload_attempt(
     info: &PathInfo,
     opts: &PushOptions,
     progress: &Progress,
-    total: &Arc<AtomicU64>,
 ) -> Result<UploadPathResultKind> {
     let path = info.path.as_str();
     let bar = Arc::new(progress.start(path, info.nar_size));
     let nar = nix_store::dump(path)?;
     let counted = {
         let bar = bar.clone();
-        let total = total.clone();
         nar.inspect(move |chunk| {
             if let Ok(c) = chunk {
                 bar.inc(c.len() as u64);
-                total.fetch_add(c.len() as u64, Ordering::Relaxed);
             }
         })
     };
