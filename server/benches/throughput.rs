@@ -18,7 +18,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 const MIB: usize = 1 << 20;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Server {
@@ -55,19 +58,41 @@ fn start_server() -> Server {
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("garretd listening");
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("garretd listening");
     let addr = url.trim_start_matches("http://").to_string();
-    Server { child, url, addr, data }
+    Server {
+        child,
+        url,
+        addr,
+        data,
+    }
 }
 
 fn token(s: &Server) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_garretd"))
         .arg("--data-dir")
         .arg(s.data.path())
-        .args(["make-token", "--sub", "bench", "--validity", "1 day", "--pull", "*", "--push", "*", "--create-cache", "*"])
+        .args([
+            "make-token",
+            "--sub",
+            "bench",
+            "--validity",
+            "1 day",
+            "--pull",
+            "*",
+            "--push",
+            "*",
+            "--create-cache",
+            "*",
+        ])
         .output()
         .expect("make-token");
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -97,7 +122,13 @@ impl Noise {
 /// The NAR of a single regular file of `size` noise bytes, as a stream of 1 MiB pieces.
 fn nar_pieces(seed: u64, size: usize) -> impl Iterator<Item = Bytes> {
     let mut head = Vec::new();
-    for t in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents"] {
+    for t in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
         push_str(&mut head, t);
     }
     head.extend_from_slice(&(size as u64).to_le_bytes());
@@ -141,7 +172,13 @@ fn store_hash(seed: u64) -> String {
     (0..32).map(|i| A[(d[i] % 32) as usize] as char).collect()
 }
 
-async fn upload(http: &reqwest::Client, s: &Server, tok: &str, seed: u64, size: usize) -> (f64, u64) {
+async fn upload(
+    http: &reqwest::Client,
+    s: &Server,
+    tok: &str,
+    seed: u64,
+    size: usize,
+) -> (f64, u64) {
     let (hex, nar_size) = nar_digest(seed, size);
     let hash = store_hash(seed);
     let info = serde_json::json!({
@@ -149,11 +186,19 @@ async fn upload(http: &reqwest::Client, s: &Server, tok: &str, seed: u64, size: 
         "references": [], "sigs": [], "nar_hash": format!("sha256:{hex}"), "nar_size": nar_size,
     });
     // Pre-generate when small enough, so the client's generator is not what is measured.
-    let pieces: Vec<Bytes> = if size <= 512 * MIB { nar_pieces(seed, size).collect() } else { Vec::new() };
-    let body = if pieces.is_empty() {
-        reqwest::Body::wrap_stream(futures::stream::iter(nar_pieces(seed, size).map(Ok::<_, std::io::Error>)))
+    let pieces: Vec<Bytes> = if size <= 512 * MIB {
+        nar_pieces(seed, size).collect()
     } else {
-        reqwest::Body::wrap_stream(futures::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>)))
+        Vec::new()
+    };
+    let body = if pieces.is_empty() {
+        reqwest::Body::wrap_stream(futures::stream::iter(
+            nar_pieces(seed, size).map(Ok::<_, std::io::Error>),
+        ))
+    } else {
+        reqwest::Body::wrap_stream(futures::stream::iter(
+            pieces.into_iter().map(Ok::<_, std::io::Error>),
+        ))
     };
     let start = Instant::now();
     let resp = http
@@ -194,7 +239,9 @@ async fn hammer(addr: &str, path: &str, conns: usize, secs: f64) -> f64 {
         let addr = addr.to_string();
         let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let stream = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
             stream.set_nodelay(true).ok();
             let (r, mut w) = stream.into_split();
             let mut r = tokio::io::BufReader::new(r);

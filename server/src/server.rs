@@ -115,15 +115,23 @@ fn spawn_gc_loop(state: &SharedState) {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tick.tick().await;
-            if let Err(e) = crate::gc::run_once(&db, &storage, settings, crate::gc::StopAfter::Never).await {
-                tracing::warn!(error = format!("{e:#}"), "garbage collection failed; will retry");
+            if let Err(e) =
+                crate::gc::run_once(&db, &storage, settings, crate::gc::StopAfter::Never).await
+            {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "garbage collection failed; will retry"
+                );
             }
         }
     });
 }
 
 /// `garretd gc`: one pass, then exit.
-pub async fn gc_once(cfg: &Config, stop: crate::gc::StopAfter) -> anyhow::Result<crate::gc::GcReport> {
+pub async fn gc_once(
+    cfg: &Config,
+    stop: crate::gc::StopAfter,
+) -> anyhow::Result<crate::gc::GcReport> {
     let db = Database::connect(cfg.database_url()).await?;
     db.migrate().await?;
     let storage = open_storage(cfg).await?;

@@ -224,7 +224,7 @@ async fn upload_serve_and_deduplicate() {
         &ni["StorePath"],
         &garret::nix::Sha256Hash::parse_attic(&ni["NarHash"]).unwrap(),
         big.len() as u64,
-        &[dep_base.clone()],
+        std::slice::from_ref(&dep_base),
     )
     .unwrap();
     assert!(

@@ -12,7 +12,11 @@ const CONFIG: &str = "[garbage-collection]\ninterval = 0\norphan-grace-period = 
 
 async fn set_retention(api: &Api, token: &str, cache: &str, secs: u32) {
     let r = api
-        .req(Method::PATCH, &format!("_api/v1/cache-config/{cache}"), Some(token))
+        .req(
+            Method::PATCH,
+            &format!("_api/v1/cache-config/{cache}"),
+            Some(token),
+        )
         .json(&serde_json::json!({"retention_period": {"Period": secs}}))
         .send()
         .await
@@ -22,21 +26,34 @@ async fn set_retention(api: &Api, token: &str, cache: &str, secs: u32) {
 
 async fn fetch_nar(api: &Api, token: &str, cache: &str, name: &str) -> (StatusCode, Vec<u8>) {
     let r = api
-        .req(Method::GET, &format!("{cache}/nar/{}.nar", fake_hash(name)), Some(token))
+        .req(
+            Method::GET,
+            &format!("{cache}/nar/{}.nar", fake_hash(name)),
+            Some(token),
+        )
         .send()
         .await
         .unwrap();
     let status = r.status();
     let body = r.bytes().await.unwrap();
-    let nar = if status == StatusCode::OK { zstd::decode_all(&body[..]).unwrap() } else { Vec::new() };
+    let nar = if status == StatusCode::OK {
+        zstd::decode_all(&body[..]).unwrap()
+    } else {
+        Vec::new()
+    };
     (status, nar)
 }
 
 /// No chunk reference may point at a chunk that is not valid, and every valid chunk has its file.
 fn assert_consistent(g: &Garretd) {
-    let dangling = g.sql("SELECT COUNT(*) FROM chunkrefs r JOIN chunks c ON c.id = r.chunk_id WHERE c.state != 'V'");
+    let dangling = g.sql(
+        "SELECT COUNT(*) FROM chunkrefs r JOIN chunks c ON c.id = r.chunk_id WHERE c.state != 'V'",
+    );
     assert_eq!(dangling, "0", "chunk references to non-valid chunks");
-    let valid: usize = g.sql("SELECT COUNT(*) FROM chunks WHERE state = 'V'").parse().unwrap();
+    let valid: usize = g
+        .sql("SELECT COUNT(*) FROM chunks WHERE state = 'V'")
+        .parse()
+        .unwrap();
     assert!(g.chunk_files() >= valid, "a valid chunk lost its file");
 }
 
@@ -53,7 +70,10 @@ async fn expired_objects_go_and_shared_chunks_stay() {
     let api = g.client();
     let admin = g.admin_token();
     for c in ["short", "long"] {
-        assert_eq!(api.create_cache(&admin, c, false).await.status(), StatusCode::OK);
+        assert_eq!(
+            api.create_cache(&admin, c, false).await.status(),
+            StatusCode::OK
+        );
     }
     set_retention(&api, &admin, "short", 1).await;
 
@@ -62,8 +82,19 @@ async fn expired_objects_go_and_shared_chunks_stay() {
     let y = nar_of_file(&[&base[..], b"tail"].concat());
     let z = nar_of_file(b"small and alone");
     let w = nar_of_file(&noise(12, 500_000));
-    for (cache, name, nar) in [("short", "x", &x), ("long", "y", &y), ("short", "z", &z), ("short", "w", &w)] {
-        let r = api.upload(Some(&admin), &upload_info(cache, name, nar, &[]), nar.clone()).await;
+    for (cache, name, nar) in [
+        ("short", "x", &x),
+        ("long", "y", &y),
+        ("short", "z", &z),
+        ("short", "w", &w),
+    ] {
+        let r = api
+            .upload(
+                Some(&admin),
+                &upload_info(cache, name, nar, &[]),
+                nar.clone(),
+            )
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
     }
     let files_before = g.chunk_files();
@@ -73,14 +104,31 @@ async fn expired_objects_go_and_shared_chunks_stay() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     gc(&g, &[]);
-    assert_eq!(fetch_nar(&api, &admin, "short", "x").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(fetch_nar(&api, &admin, "short", "z").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(fetch_nar(&api, &admin, "short", "w").await.1, w, "recently accessed objects stay");
-    assert_eq!(fetch_nar(&api, &admin, "long", "y").await.1, y, "chunks shared with a live NAR stay");
+    assert_eq!(
+        fetch_nar(&api, &admin, "short", "x").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        fetch_nar(&api, &admin, "short", "z").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        fetch_nar(&api, &admin, "short", "w").await.1,
+        w,
+        "recently accessed objects stay"
+    );
+    assert_eq!(
+        fetch_nar(&api, &admin, "long", "y").await.1,
+        y,
+        "chunks shared with a live NAR stay"
+    );
     assert_eq!(g.count("objects"), 2);
     assert_eq!(g.count("nars"), 2);
     let files_after = g.chunk_files();
-    assert!(files_after < files_before, "expired data was deleted ({files_before} -> {files_after})");
+    assert!(
+        files_after < files_before,
+        "expired data was deleted ({files_before} -> {files_after})"
+    );
     assert_eq!(files_after as i64, g.count("chunks"));
     assert_consistent(&g);
 
@@ -94,21 +142,48 @@ async fn an_interrupted_run_is_finished_by_the_next() {
     let g = Garretd::start_with(Some(CONFIG), &[]);
     let api = g.client();
     let admin = g.admin_token();
-    assert_eq!(api.create_cache(&admin, "tmp", false).await.status(), StatusCode::OK);
-    assert_eq!(api.create_cache(&admin, "keep", false).await.status(), StatusCode::OK);
+    assert_eq!(
+        api.create_cache(&admin, "tmp", false).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.create_cache(&admin, "keep", false).await.status(),
+        StatusCode::OK
+    );
     let gone = nar_of_file(&noise(21, 1 << 20));
     let kept = nar_of_file(&noise(22, 1 << 20));
-    api.upload(Some(&admin), &upload_info("tmp", "gone", &gone, &[]), gone.clone()).await;
-    api.upload(Some(&admin), &upload_info("keep", "kept", &kept, &[]), kept.clone()).await;
-    let r = api.req(Method::DELETE, "_api/v1/cache-config/tmp", Some(&admin)).send().await.unwrap();
+    api.upload(
+        Some(&admin),
+        &upload_info("tmp", "gone", &gone, &[]),
+        gone.clone(),
+    )
+    .await;
+    api.upload(
+        Some(&admin),
+        &upload_info("keep", "kept", &kept, &[]),
+        kept.clone(),
+    )
+    .await;
+    let r = api
+        .req(Method::DELETE, "_api/v1/cache-config/tmp", Some(&admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let files = g.chunk_files();
     gc(&g, &["--stop-after-mark"]);
-    let marked: i64 = g.sql("SELECT COUNT(*) FROM chunks WHERE state = 'D'").parse().unwrap();
+    let marked: i64 = g
+        .sql("SELECT COUNT(*) FROM chunks WHERE state = 'D'")
+        .parse()
+        .unwrap();
     assert!(marked > 0, "the orphaned chunks are marked");
-    assert_eq!(g.chunk_files(), files, "nothing deleted yet: the run stopped early");
+    assert_eq!(
+        g.chunk_files(),
+        files,
+        "nothing deleted yet: the run stopped early"
+    );
     assert_consistent(&g);
     assert_eq!(fetch_nar(&api, &admin, "keep", "kept").await.1, kept);
 
@@ -125,7 +200,10 @@ async fn uploads_racing_gc_end_intact() {
     let g = Garretd::start_with(Some(CONFIG), &[]);
     let api = g.client();
     let admin = g.admin_token();
-    assert_eq!(api.create_cache(&admin, "keep", false).await.status(), StatusCode::OK);
+    assert_eq!(
+        api.create_cache(&admin, "keep", false).await.status(),
+        StatusCode::OK
+    );
     let base = noise(31, 2 << 20);
 
     // GC runs back to back while uploads reuse chunks that keep becoming orphans.
@@ -141,7 +219,11 @@ async fn uploads_racing_gc_end_intact() {
                 cmd.arg("--config").arg(c);
             }
             let out = cmd.arg("gc").output().expect("gc");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             runs += 1;
         }
         runs
@@ -149,22 +231,47 @@ async fn uploads_racing_gc_end_intact() {
 
     for round in 0..6 {
         let eph = format!("eph{round}");
-        assert_eq!(api.create_cache(&admin, &eph, false).await.status(), StatusCode::OK);
+        assert_eq!(
+            api.create_cache(&admin, &eph, false).await.status(),
+            StatusCode::OK
+        );
         let nar = nar_of_file(&[&base[..], format!("round {round}").as_bytes()].concat());
-        api.upload(Some(&admin), &upload_info(&eph, &format!("e{round}"), &nar, &[]), nar.clone()).await;
+        api.upload(
+            Some(&admin),
+            &upload_info(&eph, &format!("e{round}"), &nar, &[]),
+            nar.clone(),
+        )
+        .await;
         // orphan it, then immediately upload a NAR that shares almost all of its chunks
-        api.req(Method::DELETE, &format!("_api/v1/cache-config/{eph}"), Some(&admin)).send().await.unwrap();
+        api.req(
+            Method::DELETE,
+            &format!("_api/v1/cache-config/{eph}"),
+            Some(&admin),
+        )
+        .send()
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         let keep = nar_of_file(&[&base[..], format!("kept {round}").as_bytes()].concat());
         let mut status = StatusCode::SERVICE_UNAVAILABLE;
         for _ in 0..5 {
-            let r = api.upload(Some(&admin), &upload_info("keep", &format!("k{round}"), &keep, &[]), keep.clone()).await;
+            let r = api
+                .upload(
+                    Some(&admin),
+                    &upload_info("keep", &format!("k{round}"), &keep, &[]),
+                    keep.clone(),
+                )
+                .await;
             status = r.status();
             if status != StatusCode::SERVICE_UNAVAILABLE {
                 break;
             }
         }
-        assert_eq!(status, StatusCode::OK, "round {round}: the upload ends intact (after retries)");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "round {round}: the upload ends intact (after retries)"
+        );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let runs = gc_loop.join().unwrap();
@@ -174,6 +281,12 @@ async fn uploads_racing_gc_end_intact() {
     assert_consistent(&g);
     for round in 0..6 {
         let keep = nar_of_file(&[&base[..], format!("kept {round}").as_bytes()].concat());
-        assert_eq!(fetch_nar(&api, &admin, "keep", &format!("k{round}")).await.1, keep, "round {round}");
+        assert_eq!(
+            fetch_nar(&api, &admin, "keep", &format!("k{round}"))
+                .await
+                .1,
+            keep,
+            "round {round}"
+        );
     }
 }

@@ -78,7 +78,7 @@ async fn check_host(State(state): State<SharedState>, req: Request, next: Next) 
         return ServerError::request("the Host header is missing").into_response();
     };
     let allowed = &state.config.allowed_hosts;
-    if !allowed.is_empty() && !allowed.iter().any(|h| *h == host) {
+    if !allowed.is_empty() && !allowed.contains(&host) {
         return ServerError::request("Bad Host").into_response();
     }
     next.run(req).await

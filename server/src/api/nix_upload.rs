@@ -162,12 +162,16 @@ pub async fn put_narinfo(
             ));
         }
     }
-    let text = std::str::from_utf8(&body).map_err(|_| ServerError::request("the narinfo is not UTF-8"))?;
-    let info = NarInfo::parse(text).map_err(|e| ServerError::request(format!("invalid narinfo: {e}")))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ServerError::request("the narinfo is not UTF-8"))?;
+    let info =
+        NarInfo::parse(text).map_err(|e| ServerError::request(format!("invalid narinfo: {e}")))?;
     let path = StorePath::parse(&info.store_path)
         .map_err(|e| ServerError::request(format!("invalid StorePath: {e}")))?;
     if path.hash().as_str() != hash.as_str() {
-        return Err(ServerError::request("StorePath does not match the narinfo's file name"));
+        return Err(ServerError::request(
+            "StorePath does not match the narinfo's file name",
+        ));
     }
     if path.store_dir() != c.row.store_dir {
         return Err(ServerError::request(format!(
@@ -205,7 +209,9 @@ pub async fn put_narinfo(
     };
     db.attach_object(&obj, nar.id).await?;
     db.forget_nix_upload(c.row.id, &hash_text).await?;
-    state.narinfos.invalidate(&(c.row.id, hash.as_str().to_string()));
+    state
+        .narinfos
+        .invalidate(&(c.row.id, hash.as_str().to_string()));
     tracing::info!(cache = %name, path = %info.store_path, "path uploaded by Nix");
     Ok(StatusCode::OK)
 }
@@ -217,8 +223,14 @@ mod tests {
     #[test]
     fn nar_file_names() {
         let h = "1".repeat(52);
-        assert_eq!(parse_nar_file(&format!("{h}.nar.xz")).unwrap().1, FileCompression::Xz);
-        assert_eq!(parse_nar_file(&format!("{h}.nar")).unwrap().1, FileCompression::None);
+        assert_eq!(
+            parse_nar_file(&format!("{h}.nar.xz")).unwrap().1,
+            FileCompression::Xz
+        );
+        assert_eq!(
+            parse_nar_file(&format!("{h}.nar")).unwrap().1,
+            FileCompression::None
+        );
         assert!(parse_nar_file(&format!("{h}.nar.zst")).unwrap().0.is_some());
         assert!(parse_nar_file("abc.nar.lz4").is_err());
         assert!(parse_nar_file("..%2f.nar").is_err());

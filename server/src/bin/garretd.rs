@@ -2,6 +2,11 @@
 
 use std::path::PathBuf;
 
+/// Uploads allocate and free many ~64-256 KiB buffers; glibc serves those with mmap/munmap
+/// and page faults (measured: 3 s of system time per 256 MiB), mimalloc reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use garret::config::{Config, ConfigSource};
@@ -108,7 +113,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Transparent huge pages make the allocator's first touch of a fresh page zero 2 MiB at
+/// a time; with the ~64-256 KiB buffers of the upload path that was over half of the CPU
+/// time of an upload (measured with perf). Small pages cost nothing noticeable here.
+fn disable_transparent_huge_pages() {
+    // SAFETY: prctl with PR_SET_THP_DISABLE only changes this process's memory policy.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let listen = match &cli.command {

@@ -83,6 +83,7 @@ impl Database {
 
     /// Inserts a cache; `Ok(false)` when the name is taken (also by a soft-deleted cache).
     pub async fn create_cache(&self, c: &NewCache) -> DbResult<bool> {
+        let _w = self.write_gate().await;
         let res = sqlx::query(
             "INSERT INTO caches (name, keypair, is_public, store_dir, priority, upstream_cache_key_names, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
@@ -102,6 +103,7 @@ impl Database {
 
     /// Applies a patch; `Ok(false)` if the cache vanished meanwhile.
     pub async fn update_cache(&self, id: i64, p: &CachePatch) -> DbResult<bool> {
+        let _w = self.write_gate().await;
         let mut sets = Vec::new();
         let mut n = 1;
         let mut col = |name: &str, sets: &mut Vec<String>| {
@@ -158,6 +160,7 @@ impl Database {
 
     /// Deletes (or soft-deletes) a cache; `Ok(false)` if it was already gone.
     pub async fn delete_cache(&self, id: i64, soft: bool) -> DbResult<bool> {
+        let _w = self.write_gate().await;
         let res = if soft {
             sqlx::query("UPDATE caches SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id)

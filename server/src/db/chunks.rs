@@ -43,9 +43,89 @@ impl Database {
             .transpose()
     }
 
+    /// Valid chunks among `hashes` with this compression: hash → (id, file size).
+    pub async fn find_chunks(
+        &self,
+        hashes: &[String],
+        compression: &str,
+    ) -> DbResult<std::collections::HashMap<String, (i64, i64)>> {
+        let mut found = std::collections::HashMap::new();
+        for slice in hashes.chunks(500) {
+            let list: Vec<String> = (2..slice.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, chunk_hash, file_size FROM chunks WHERE compression = $1 AND state = 'V' AND chunk_hash IN ({})",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(compression);
+            for h in slice {
+                q = q.bind(h.as_str());
+            }
+            for r in q.fetch_all(self.pool()).await.ctx("looking up chunks")? {
+                found.insert(
+                    get(&r, "chunk_hash")?,
+                    (get(&r, "id")?, get(&r, "file_size")?),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records chunks an upload is about to write, in one statement; ids in input order.
+    pub async fn insert_pending_chunks(&self, rows: &[NewChunk]) -> DbResult<Vec<i64>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _w = self.write_gate().await;
+        let now = now_unix();
+        let mut ids = std::collections::HashMap::new();
+        for slice in rows.chunks(100) {
+            let values: Vec<String> = (0..slice.len())
+                .map(|i| {
+                    let b = 2 + 5 * i;
+                    format!(
+                        "('P', ${}, ${}, ${}, ${}, ${}, $1, $1)",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO chunks (state, chunk_hash, chunk_size, file_size, compression, storage_key, created_at, last_used_at)
+                 VALUES {} RETURNING id, storage_key",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(now);
+            for c in slice {
+                q = q
+                    .bind(&c.chunk_hash)
+                    .bind(c.chunk_size)
+                    .bind(c.file_size)
+                    .bind(&c.compression)
+                    .bind(&c.storage_key);
+            }
+            for r in q.fetch_all(self.pool()).await.ctx("recording chunks")? {
+                ids.insert(get::<String>(&r, "storage_key")?, get::<i64>(&r, "id")?);
+            }
+        }
+        rows.iter()
+            .map(|c| {
+                ids.get(&c.storage_key)
+                    .copied()
+                    .ok_or_else(|| super::DbError {
+                        context: "recording chunks",
+                        source: sqlx::Error::RowNotFound,
+                    })
+            })
+            .collect()
+    }
+
     /// Records a chunk this upload has written to storage; it stays invisible (`P`)
     /// until the upload commits.
     pub async fn insert_pending_chunk(&self, c: &NewChunk) -> DbResult<i64> {
+        let _w = self.write_gate().await;
         let now = now_unix();
         let row = sqlx::query(
             "INSERT INTO chunks (state, chunk_hash, chunk_size, file_size, compression, storage_key, created_at, last_used_at)
@@ -65,6 +145,7 @@ impl Database {
 
     /// Forgets pending chunks of a failed upload (their files are removed by the caller).
     pub async fn delete_pending_chunks(&self, ids: &[i64]) -> DbResult<()> {
+        let _w = self.write_gate().await;
         for slice in ids.chunks(500) {
             let list: Vec<String> = (1..=slice.len()).map(|i| format!("${i}")).collect();
             let sql = format!(

@@ -16,6 +16,7 @@ impl Database {
 
     /// Deletes objects neither created nor accessed since `cutoff`.
     pub async fn expire_objects(&self, cache_id: i64, cutoff: i64) -> DbResult<u64> {
+        let _w = self.write_gate().await;
         let res = sqlx::query(
             "DELETE FROM objects WHERE cache_id = $1 AND created_at < $2
              AND (last_accessed_at IS NULL OR last_accessed_at < $2)",
@@ -30,6 +31,7 @@ impl Database {
 
     /// Deletes NARs that no object (and no pending Nix upload) references.
     pub async fn delete_orphan_nars(&self, cutoff: i64) -> DbResult<u64> {
+        let _w = self.write_gate().await;
         sqlx::query("DELETE FROM nix_uploads WHERE created_at < $1")
             .bind(cutoff)
             .execute(self.pool())
@@ -49,6 +51,7 @@ impl Database {
 
     /// Marks unreferenced chunks for deletion, and pending chunks of uploads that died.
     pub async fn mark_orphan_chunks(&self, cutoff: i64) -> DbResult<u64> {
+        let _w = self.write_gate().await;
         let a = sqlx::query(
             "UPDATE chunks SET state = 'D' WHERE state = 'V' AND last_used_at < $1
              AND NOT EXISTS (SELECT 1 FROM chunkrefs r WHERE r.chunk_id = chunks.id)",
@@ -67,11 +70,13 @@ impl Database {
 
     /// A batch of chunks awaiting deletion: (id, storage key, file size).
     pub async fn deleting_chunks(&self, limit: i64) -> DbResult<Vec<(i64, String, i64)>> {
-        let rows = sqlx::query("SELECT id, storage_key, file_size FROM chunks WHERE state = 'D' ORDER BY id LIMIT $1")
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await
-            .ctx("listing chunks to delete")?;
+        let rows = sqlx::query(
+            "SELECT id, storage_key, file_size FROM chunks WHERE state = 'D' ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("listing chunks to delete")?;
         rows.iter()
             .map(|r| Ok((get(r, "id")?, get(r, "storage_key")?, get(r, "file_size")?)))
             .collect()
@@ -79,15 +84,23 @@ impl Database {
 
     /// Forgets chunks whose files are gone.
     pub async fn forget_chunks(&self, ids: &[i64]) -> DbResult<u64> {
+        let _w = self.write_gate().await;
         let mut n = 0;
         for slice in ids.chunks(500) {
             let list: Vec<String> = (1..=slice.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("DELETE FROM chunks WHERE state = 'D' AND id IN ({})", list.join(", "));
+            let sql = format!(
+                "DELETE FROM chunks WHERE state = 'D' AND id IN ({})",
+                list.join(", ")
+            );
             let mut q = sqlx::query(&sql);
             for id in slice {
                 q = q.bind(*id);
             }
-            n += q.execute(self.pool()).await.ctx("forgetting deleted chunks")?.rows_affected();
+            n += q
+                .execute(self.pool())
+                .await
+                .ctx("forgetting deleted chunks")?
+                .rows_affected();
         }
         Ok(n)
     }

@@ -136,6 +136,7 @@ impl Database {
 
     /// Records a download for retention; failures only cost retention accuracy.
     pub async fn touch_object(&self, id: i64) -> DbResult<()> {
+        let _w = self.write_gate().await;
         sqlx::query("UPDATE objects SET last_accessed_at = $2 WHERE id = $1")
             .bind(id)
             .bind(now_unix())
@@ -163,6 +164,7 @@ impl Database {
 
     /// Points an object at an already stored NAR (NAR-level deduplication).
     pub async fn attach_object(&self, obj: &NewObject, nar_id: i64) -> DbResult<()> {
+        let _w = self.write_gate().await;
         let mut tx = self.pool().begin().await.ctx("beginning a transaction")?;
         upsert_object(&mut tx, obj, nar_id).await?;
         tx.commit().await.ctx("committing an object")?;
@@ -177,6 +179,7 @@ impl Database {
         obj: Option<&NewObject>,
         nar: &NewNar,
     ) -> DbResult<(CommitOutcome, i64)> {
+        let _w = self.write_gate().await;
         let mut tx = self.pool().begin().await.ctx("beginning a transaction")?;
         let existing = sqlx::query("SELECT id FROM nars WHERE nar_hash = $1 AND compression = $2")
             .bind(&nar.nar_hash)
@@ -303,7 +306,13 @@ async fn upsert_object(tx: &mut Transaction<'_, Any>, o: &NewObject, nar_id: i64
 
 impl Database {
     /// Remembers that a cache received this NAR through Nix's own upload protocol.
-    pub async fn record_nix_upload(&self, cache_id: i64, nar_hash: &str, nar_id: i64) -> DbResult<()> {
+    pub async fn record_nix_upload(
+        &self,
+        cache_id: i64,
+        nar_hash: &str,
+        nar_id: i64,
+    ) -> DbResult<()> {
+        let _w = self.write_gate().await;
         sqlx::query(
             "INSERT INTO nix_uploads (cache_id, nar_hash, nar_id, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (cache_id, nar_hash) DO UPDATE SET nar_id = excluded.nar_id, created_at = excluded.created_at",
@@ -339,6 +348,7 @@ impl Database {
     }
 
     pub async fn forget_nix_upload(&self, cache_id: i64, nar_hash: &str) -> DbResult<()> {
+        let _w = self.write_gate().await;
         sqlx::query("DELETE FROM nix_uploads WHERE cache_id = $1 AND nar_hash = $2")
             .bind(cache_id)
             .bind(nar_hash)

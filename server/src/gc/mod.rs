@@ -44,7 +44,12 @@ pub enum StopAfter {
 const PARALLEL_DELETES: usize = 16;
 const BATCH: i64 = 500;
 
-pub async fn run_once(db: &Database, storage: &DynStorage, s: GcSettings, stop: StopAfter) -> anyhow::Result<GcReport> {
+pub async fn run_once(
+    db: &Database,
+    storage: &DynStorage,
+    s: GcSettings,
+    stop: StopAfter,
+) -> anyhow::Result<GcReport> {
     let now = now_unix();
     let mut report = GcReport::default();
     for (id, own) in db.cache_retentions().await? {

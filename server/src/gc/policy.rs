@@ -30,7 +30,11 @@ mod tests {
         assert_eq!(retention_cutoff(1000, None, Duration::ZERO), None);
         assert_eq!(retention_cutoff(100_000, None, day), Some(100_000 - 86400));
         assert_eq!(retention_cutoff(1000, Some(10), day), Some(990));
-        assert_eq!(retention_cutoff(1000, Some(0), day), None, "Period 0 keeps forever even with a default");
+        assert_eq!(
+            retention_cutoff(1000, Some(0), day),
+            None,
+            "Period 0 keeps forever even with a default"
+        );
     }
 
     #[test]

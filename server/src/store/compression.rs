@@ -35,9 +35,25 @@ impl Compression {
     pub fn compress(self, data: &[u8]) -> std::io::Result<Bytes> {
         match self {
             Compression::None => Ok(Bytes::copy_from_slice(data)),
-            Compression::Zstd { level } => zstd::bulk::compress(data, level).map(Bytes::from),
+            Compression::Zstd { level } => COMPRESSOR.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                    *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+                }
+                match slot.as_mut() {
+                    Some((_, c)) => c.compress(data).map(Bytes::from),
+                    None => zstd::bulk::compress(data, level).map(Bytes::from),
+                }
+            }),
         }
     }
+}
+
+thread_local! {
+    /// One zstd context per blocking thread: creating one per chunk costs more than
+    /// compressing a small chunk.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// zstd level used when the config names none. Attic uses 8; level 3 is zstd's own default

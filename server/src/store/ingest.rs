@@ -11,7 +11,7 @@ use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::{Chunker, Compression, Store};
+use super::{Chunker, Store};
 use crate::db::{CommitOutcome, NewChunk, NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
 use crate::nix::nar::NarValidator;
@@ -34,9 +34,12 @@ pub enum UploadOutcome {
     Deduplicated,
 }
 
-/// Chunks per upload being hashed/compressed/written at once. Bounds memory to about
-/// `IN_FLIGHT × max-size × 2`.
-const IN_FLIGHT: usize = 8;
+/// Batches per upload being hashed/compressed/written at once; with the batch limits this
+/// bounds an upload's memory to about `IN_FLIGHT × BATCH_BYTES × 2` plus one chunk.
+const IN_FLIGHT: usize = 4;
+/// A batch closes at this many chunks or bytes, whichever comes first.
+const BATCH_CHUNKS: usize = 32;
+const BATCH_BYTES: usize = 2 << 20;
 
 struct ChunkResult {
     id: i64,
@@ -54,7 +57,48 @@ struct Received {
     pending: PendingChunks,
 }
 
-type ChunkTask = tokio::task::JoinHandle<ServerResult<ChunkResult>>;
+/// The whole-NAR SHA-256 on its own thread, so it runs beside chunking instead of before
+/// it: the reader hands over each piece (a reference-counted clone, no copy).
+struct HashLane {
+    tx: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    done: tokio::task::JoinHandle<[u8; 32]>,
+}
+
+impl HashLane {
+    fn start() -> HashLane {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut h = Sha256::new();
+            for piece in rx {
+                h.update(&piece);
+            }
+            h.finalize().into()
+        });
+        HashLane { tx: Some(tx), done }
+    }
+
+    fn update(&mut self, piece: Bytes) {
+        if let Some(tx) = &self.tx {
+            // A send can only fail if the hashing thread died; `finish` reports that.
+            let _ = tx.send(piece);
+        }
+    }
+
+    async fn finish(mut self) -> ServerResult<Sha256Hash> {
+        self.tx = None;
+        let digest = (&mut self.done).await.map_err(ServerError::internal)?;
+        Ok(Sha256Hash::from_digest(digest))
+    }
+}
+
+impl Drop for HashLane {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread; nobody waits for its result.
+        self.tx = None;
+    }
+}
+
+type ChunkTask = tokio::task::JoinHandle<ServerResult<Vec<ChunkResult>>>;
 
 /// The chunks an upload has written or is writing. Dropping it armed (error, panic, client
 /// gone) waits for the tasks still running and then deletes every chunk they wrote, in
@@ -174,7 +218,7 @@ impl Store {
             store: self.clone(),
             armed: true,
         };
-        let mut hasher = Sha256::new();
+        let mut hasher = HashLane::start();
         let mut validator = NarValidator::new();
         let mut received: u64 = 0;
         let single = expected.is_some_and(|n| (n as usize) < self.threshold);
@@ -189,6 +233,8 @@ impl Store {
         });
         let mut results: Vec<ChunkResult> = Vec::new();
         let mut ready: Vec<Bytes> = Vec::new();
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_bytes = 0usize;
 
         let mut finished = false;
         while !finished {
@@ -200,7 +246,7 @@ impl Store {
                             "Bad NAR Hash or Size: the body is longer than the declared {limit} bytes"
                         )));
                     }
-                    hasher.update(&piece);
+                    hasher.update(piece.clone());
                     validator
                         .feed(&piece)
                         .map_err(|e| ServerError::request(format!("Malformed NAR: {e}")))?;
@@ -218,21 +264,34 @@ impl Store {
                 }
             }
             for chunk in ready.drain(..) {
+                batch_bytes += chunk.len();
+                batch.push(chunk);
+                if batch.len() < BATCH_CHUNKS && batch_bytes < BATCH_BYTES && !finished {
+                    continue;
+                }
                 if pending.in_flight.len() >= IN_FLIGHT {
                     if let Some(done) = pending.in_flight.next().await {
-                        results.push(joined(done)?);
+                        results.extend(joined(done)?);
                     }
                 }
-                let task = tokio::spawn(store_chunk(self.clone(), chunk, pending.written.clone()));
+                let task = tokio::spawn(store_batch(
+                    self.clone(),
+                    std::mem::take(&mut batch),
+                    pending.written.clone(),
+                ));
                 pending.in_flight.push_back(task);
+                batch_bytes = 0;
             }
         }
+        if !batch.is_empty() {
+            let task = tokio::spawn(store_batch(self.clone(), batch, pending.written.clone()));
+            pending.in_flight.push_back(task);
+        }
         while let Some(done) = pending.in_flight.next().await {
-            results.push(joined(done)?);
+            results.extend(joined(done)?);
         }
         // Hash and size first: a truncated body is reported as such, not as a bad NAR.
-        let digest: [u8; 32] = hasher.finalize().into();
-        let hash = Sha256Hash::from_digest(digest);
+        let hash = hasher.finish().await?;
         if expected.is_none_or(|n| n == received) {
             validator
                 .finish()
@@ -248,7 +307,11 @@ impl Store {
     }
 
     /// Makes received chunks a NAR (and, with `obj`, an object pointing at it).
-    async fn commit(&self, obj: Option<&NewObject>, got: Received) -> ServerResult<(UploadOutcome, i64)> {
+    async fn commit(
+        &self,
+        obj: Option<&NewObject>,
+        got: Received,
+    ) -> ServerResult<(UploadOutcome, i64)> {
         let Received {
             results,
             hash,
@@ -269,7 +332,11 @@ impl Store {
         match self.db.commit_upload(obj, &nar).await? {
             (CommitOutcome::Stored, id) => {
                 pending.disarm();
-                let reused: usize = results.iter().filter(|r| r.reused).map(|r| r.raw_size).sum();
+                let reused: usize = results
+                    .iter()
+                    .filter(|r| r.reused)
+                    .map(|r| r.raw_size)
+                    .sum();
                 let outcome = UploadOutcome::Uploaded {
                     file_size: results.iter().map(|r| r.file_size as u64).sum(),
                     frac_deduplicated: (!single).then(|| reused as f64 / (size.max(1)) as f64),
@@ -299,70 +366,103 @@ impl Store {
 }
 
 fn joined(
-    r: Result<ServerResult<ChunkResult>, tokio::task::JoinError>,
-) -> ServerResult<ChunkResult> {
+    r: Result<ServerResult<Vec<ChunkResult>>, tokio::task::JoinError>,
+) -> ServerResult<Vec<ChunkResult>> {
     r.map_err(ServerError::internal)?
 }
 
-/// Hash → reuse an identical chunk, or compress and write a new one.
-async fn store_chunk(
+/// Hash a batch of chunks, reuse the ones the store already has (one query), compress the
+/// rest, record them as pending (one statement) and write their files in parallel.
+/// Batching keeps database round trips per upload small whatever the chunk count.
+async fn store_batch(
     store: Store,
-    data: Bytes,
+    chunks: Vec<Bytes>,
     pending: Arc<Mutex<Vec<(i64, String)>>>,
-) -> ServerResult<ChunkResult> {
+) -> ServerResult<Vec<ChunkResult>> {
     let compression = store.compression;
-    let raw_size = data.len();
-    let (hash, data) = tokio::task::spawn_blocking(move || {
-        let digest: [u8; 32] = Sha256::digest(&data).into();
-        (Sha256Hash::from_digest(digest).to_typed_hex(), data)
+    let (chunks, hashes) = tokio::task::spawn_blocking(move || {
+        let hashes: Vec<String> = chunks
+            .iter()
+            .map(|c| Sha256Hash::from_digest(Sha256::digest(c).into()).to_typed_hex())
+            .collect();
+        (chunks, hashes)
     })
     .await
     .map_err(ServerError::internal)?;
-    if let Some((id, file_size)) = store.db.reuse_chunk(&hash, compression.nix_name()).await? {
-        return Ok(ChunkResult {
-            id,
-            raw_size,
-            file_size,
-            reused: true,
-        });
-    }
-    let file = compress(compression, data).await?;
-    let key = new_chunk_key();
-    let file_size = file.len() as i64;
-    put(&store.storage, &key, file).await?;
-    let id = store
+    let known = store
         .db
-        .insert_pending_chunk(&NewChunk {
-            chunk_hash: hash,
-            chunk_size: raw_size as i64,
-            file_size,
-            compression: compression.nix_name().to_string(),
-            storage_key: key.clone(),
-        })
-        .await;
-    let id = match id {
-        Ok(id) => id,
-        Err(e) => {
-            let _ = store.storage.delete(&key).await;
-            return Err(e.into());
-        }
-    };
-    if let Ok(mut v) = pending.lock() {
-        v.push((id, key));
-    }
-    Ok(ChunkResult {
-        id,
-        raw_size,
-        file_size,
-        reused: false,
-    })
-}
+        .find_chunks(&hashes, compression.nix_name())
+        .await?;
 
-async fn compress(c: Compression, data: Bytes) -> ServerResult<Bytes> {
-    tokio::task::spawn_blocking(move || c.compress(&data))
-        .await
-        .map_err(ServerError::internal)?
-        .map_err(ServerError::internal)
+    // Chunks to write: those not in the store, once each even if repeated in the batch.
+    let mut new_index: std::collections::HashMap<&str, usize> = Default::default();
+    let mut to_write: Vec<(usize, Bytes)> = Vec::new();
+    for (i, (h, c)) in hashes.iter().zip(&chunks).enumerate() {
+        if !known.contains_key(h) && !new_index.contains_key(h.as_str()) {
+            new_index.insert(h, to_write.len());
+            to_write.push((i, c.clone()));
+        }
+    }
+    let first_pos: Vec<usize> = to_write.iter().map(|(i, _)| *i).collect();
+    let files = tokio::task::spawn_blocking(move || {
+        to_write
+            .into_iter()
+            .map(|(i, c)| compression.compress(&c).map(|f| (i, f)))
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(ServerError::internal)?
+    .map_err(ServerError::internal)?;
+
+    // Rows first: a crash after them leaves stale pending rows that GC cleans up, never a
+    // file nobody knows about.
+    let rows: Vec<NewChunk> = files
+        .iter()
+        .map(|(i, f)| NewChunk {
+            chunk_hash: hashes[*i].clone(),
+            chunk_size: chunks[*i].len() as i64,
+            file_size: f.len() as i64,
+            compression: compression.nix_name().to_string(),
+            storage_key: new_chunk_key(),
+        })
+        .collect();
+    let ids = store.db.insert_pending_chunks(&rows).await?;
+    if let Ok(mut v) = pending.lock() {
+        v.extend(
+            ids.iter()
+                .zip(&rows)
+                .map(|(id, r)| (*id, r.storage_key.clone())),
+        );
+    }
+    let writes = files
+        .into_iter()
+        .zip(&rows)
+        .map(|((_, file), row)| put(&store.storage, &row.storage_key, file));
+    futures::future::try_join_all(writes).await?;
+
+    Ok(hashes
+        .iter()
+        .zip(&chunks)
+        .enumerate()
+        .map(|(i, (h, c))| match known.get(h) {
+            Some(&(id, file_size)) => ChunkResult {
+                id,
+                raw_size: c.len(),
+                file_size,
+                reused: true,
+            },
+            None => {
+                let n = new_index[h.as_str()];
+                ChunkResult {
+                    id: ids[n],
+                    raw_size: c.len(),
+                    file_size: rows[n].file_size,
+                    // a repeat within this batch counts as deduplicated
+                    reused: first_pos[n] != i,
+                }
+            }
+        })
+        .collect())
 }
 
 async fn put(storage: &DynStorage, key: &str, file: Bytes) -> ServerResult<()> {
