@@ -27,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole operation including retries; nothing may hang longer than this.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Readiness probes (`/readyz`) usually give up after a few seconds themselves.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rides out a dropped connection or a single 503 without stretching an outage.
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -211,12 +213,22 @@ impl Storage for S3Storage {
 
     async fn check(&self) -> StorageResult<()> {
         // HeadBucket proves endpoint, credentials and bucket in one cheap request. No
-        // retries: a readiness probe should report what it sees right now.
+        // retries and a short deadline: a readiness probe reports what it sees right now,
+        // even when S3 accepts connections but never answers.
         self.client
             .head_bucket()
             .bucket(&self.bucket)
             .customize()
-            .config_override(aws_sdk_s3::Config::builder().retry_config(RetryConfig::disabled()))
+            .config_override(
+                aws_sdk_s3::Config::builder()
+                    .retry_config(RetryConfig::disabled())
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .connect_timeout(CONNECT_TIMEOUT)
+                            .operation_timeout(CHECK_TIMEOUT)
+                            .build(),
+                    ),
+            )
             .send()
             .await
             .map_err(|e| match classify(&self.bucket, e) {
