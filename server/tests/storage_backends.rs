@@ -248,3 +248,23 @@ async fn s3_silent_server_fails_check_in_time() {
     assert!(took < Duration::from_secs(10), "check took {took:?}");
     eprintln!("silent S3: check failed after {took:?}");
 }
+
+/// A bucket that does not exist is a configuration error, never "chunk not found" (which
+/// the server would take for lost data), and it makes the server unready.
+#[tokio::test]
+async fn s3_missing_bucket_is_not_a_missing_chunk() {
+    let Some(mut cfg) = s3_from_env("s3_missing_bucket_is_not_a_missing_chunk") else {
+        return;
+    };
+    cfg.bucket = format!("no-such-bucket-{}", std::process::id());
+    let s = S3Storage::new(&cfg).expect("client");
+    let key = new_chunk_key();
+    let err = s.get(&key).await.expect_err("no bucket");
+    assert!(matches!(err, StorageError::Io { .. }), "get: {err:?}");
+    let err = s
+        .put(&key, Bytes::from_static(b"x"))
+        .await
+        .expect_err("no bucket");
+    assert!(matches!(err, StorageError::Io { .. }), "put: {err:?}");
+    assert!(matches!(s.check().await, Err(StorageError::Unavailable(_))));
+}

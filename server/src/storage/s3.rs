@@ -13,7 +13,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use bytes::Bytes;
@@ -118,21 +118,27 @@ fn credentials_from_env() -> anyhow::Result<Credentials> {
 }
 
 /// Sorts an SDK failure into the storage error the API layer maps to a status:
-/// missing object → 404-ish `NotFound`; unreachable, timed out or 5xx → 503
-/// `Unavailable`; anything else (403, bad bucket, …) → an internal error with the reason.
+/// missing object → `NotFound`; unreachable, timed out or 5xx → 503 `Unavailable`;
+/// anything else (403, missing bucket, …) → an internal error with the reason. A missing
+/// bucket is deliberately not `NotFound`: it is a misconfiguration, not a lost chunk.
 fn classify<E, R>(key: &str, err: SdkError<E, R>) -> StorageError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
     R: std::fmt::Debug + HasStatus,
 {
     let status = err.raw_response().map(HasStatus::status);
+    let code = err.as_service_error().and_then(|e| e.code());
+    let no_such_key = match code {
+        Some(code) => code == "NoSuchKey",
+        None => status == Some(404), // HEAD-style replies carry no error body
+    };
     let detail = DisplayErrorContext(&err).to_string();
     let unavailable = match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
         SdkError::ResponseError(_) | SdkError::ServiceError(_) => status.is_some_and(|s| s >= 500),
         _ => false,
     };
-    if status == Some(404) && matches!(err, SdkError::ServiceError(_)) {
+    if no_such_key && matches!(err, SdkError::ServiceError(_)) {
         StorageError::NotFound(key.to_string())
     } else if unavailable {
         tracing::warn!(key, error = %detail, "S3 request failed: storage unavailable");
