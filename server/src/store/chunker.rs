@@ -3,6 +3,7 @@
 //! of chunking the whole NAR at once, with at most `max_size` + one piece held in memory.
 
 use bytes::{Bytes, BytesMut};
+
 use fastcdc::v2020::FastCDC;
 
 #[derive(Debug, Clone, Copy)]
@@ -37,12 +38,18 @@ impl Chunker {
         len.max(1).min(data.len())
     }
 
+    fn take(&mut self, len: usize) -> Bytes {
+        let chunk = Bytes::copy_from_slice(&self.buf[..len]);
+        bytes::Buf::advance(&mut self.buf, len);
+        chunk
+    }
+
     /// Adds bytes; returns the chunks that are now final.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Bytes>) {
         self.buf.extend_from_slice(data);
         while self.buf.len() >= self.params.max_size {
             let len = self.cut_len(&self.buf);
-            out.push(self.buf.split_to(len).freeze());
+            out.push(self.take(len));
         }
     }
 
@@ -50,7 +57,7 @@ impl Chunker {
     pub fn finish(mut self, out: &mut Vec<Bytes>) {
         while !self.buf.is_empty() {
             let len = self.cut_len(&self.buf);
-            out.push(self.buf.split_to(len).freeze());
+            out.push(self.take(len));
         }
     }
 }

@@ -39,7 +39,7 @@ pub enum UploadOutcome {
 const IN_FLIGHT: usize = 4;
 /// A batch closes at this many chunks or bytes, whichever comes first.
 const BATCH_CHUNKS: usize = 32;
-const BATCH_BYTES: usize = 2 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 
 struct ChunkResult {
     id: i64,
@@ -371,6 +371,13 @@ fn joined(
     r.map_err(ServerError::internal)?
 }
 
+/// A chunk's identity for deduplication: BLAKE3 of its uncompressed bytes. Chunk hashes
+/// never leave the server (Nix only sees the NAR's SHA-256), so the faster hash is free to
+/// use; it is typed so another algorithm could follow.
+fn chunk_id(data: &[u8]) -> String {
+    format!("blake3:{}", blake3::hash(data).to_hex())
+}
+
 /// Hash a batch of chunks, reuse the ones the store already has (one query), compress the
 /// rest, record them as pending (one statement) and write their files in parallel.
 /// Batching keeps database round trips per upload small whatever the chunk count.
@@ -381,10 +388,7 @@ async fn store_batch(
 ) -> ServerResult<Vec<ChunkResult>> {
     let compression = store.compression;
     let (chunks, hashes) = tokio::task::spawn_blocking(move || {
-        let hashes: Vec<String> = chunks
-            .iter()
-            .map(|c| Sha256Hash::from_digest(Sha256::digest(c).into()).to_typed_hex())
-            .collect();
+        let hashes: Vec<String> = chunks.iter().map(|c| chunk_id(c)).collect();
         (chunks, hashes)
     })
     .await
