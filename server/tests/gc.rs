@@ -208,17 +208,13 @@ async fn uploads_racing_gc_end_intact() {
 
     // GC runs back to back while uploads reuse chunks that keep becoming orphans.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (data_dir, config) = (g.data_dir.clone(), g.config.clone());
     let flag = stop.clone();
+    let mut gc_cmd = g.command();
+    gc_cmd.arg("gc");
     let gc_loop = std::thread::spawn(move || {
         let mut runs = 0;
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            let mut cmd = std::process::Command::new(garretd_bin());
-            cmd.arg("--data-dir").arg(&data_dir);
-            if let Some(c) = &config {
-                cmd.arg("--config").arg(c);
-            }
-            let out = cmd.arg("gc").output().expect("gc");
+            let out = gc_cmd.output().expect("gc");
             assert!(
                 out.status.success(),
                 "{}",

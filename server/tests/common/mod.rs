@@ -34,7 +34,30 @@ pub struct Garretd {
     pub url: String,
     pub data_dir: PathBuf,
     pub config: Option<PathBuf>,
+    /// Environment every garretd command of this server gets (e.g. its database URL).
+    pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// With `GARRET_TEST_DATABASE=postgres`, every test server gets a fresh database on the
+/// cluster at `GARRET_TEST_POSTGRES_URL` (see .ci/postgres.sh); else SQLite in its data dir.
+fn database_env() -> Vec<(String, String)> {
+    if std::env::var("GARRET_TEST_DATABASE").as_deref() != Ok("postgres") {
+        return Vec::new();
+    }
+    let base = std::env::var("GARRET_TEST_POSTGRES_URL").expect("GARRET_TEST_POSTGRES_URL (eval \"$(bash .ci/postgres.sh start)\")");
+    let name = format!("garret_test_{}", uuid::Uuid::new_v4().simple());
+    let out = Command::new("psql")
+        .arg(format!("{base}/postgres"))
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "creating a test database: {}", String::from_utf8_lossy(&out.stderr));
+    vec![("GARRET_DATABASE__URL".into(), format!("{base}/{name}"))]
+}
+
+pub fn on_postgres() -> bool {
+    std::env::var("GARRET_TEST_DATABASE").as_deref() == Ok("postgres")
 }
 
 impl Drop for Garretd {
@@ -66,13 +89,39 @@ impl Garretd {
             std::fs::write(&p, text).expect("write config");
             p
         });
-        let mut g = Self::spawn(&data_dir, config_path.as_deref(), env);
+        let mut all_env = database_env();
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut g = Self::spawn(&data_dir, config_path.as_deref(), all_env);
         g._tmp = Some(tmp);
         g
     }
 
-    /// Starts on an existing data directory (e.g. to test a restart).
-    pub fn spawn(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Garretd {
+    /// A `garretd` command for this server: same data dir, config and environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(garretd_bin());
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Starts another server process on the same data dir, config and database.
+    pub fn sibling(&self) -> Garretd {
+        Self::spawn(&self.data_dir, self.config.as_deref(), self.env.clone())
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same state.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let tmp = self._tmp.take();
+        *self = self.sibling();
+        self._tmp = tmp;
+    }
+
+    pub fn spawn(data_dir: &Path, config: Option<&Path>, env: Vec<(String, String)>) -> Garretd {
         let mut cmd = Command::new(garretd_bin());
         cmd.arg("--data-dir").arg(data_dir);
         if let Some(c) = config {
@@ -82,9 +131,7 @@ impl Garretd {
             .env("GARRET_LOG", "garret=debug,info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("spawn garretd");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
@@ -108,6 +155,7 @@ impl Garretd {
             url,
             data_dir: data_dir.to_path_buf(),
             config: config.map(Path::to_path_buf),
+            env,
             _tmp: None,
         }
     }
@@ -118,12 +166,8 @@ impl Garretd {
 
     /// Runs `garretd make-token` against this server's key.
     pub fn token(&self, sub: &str, validity: &str, rights: &[&str]) -> String {
-        let mut cmd = Command::new(garretd_bin());
-        cmd.arg("--data-dir").arg(&self.data_dir);
-        if let Some(c) = &self.config {
-            cmd.arg("--config").arg(c);
-        }
-        let out = cmd
+        let out = self
+            .command()
             .args(["make-token", "--sub", sub, "--validity", validity])
             .args(rights)
             .output()
@@ -141,12 +185,8 @@ impl Garretd {
 
     /// Runs another garretd command (e.g. `gc`) on this server's data dir and config.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::new(garretd_bin());
-        cmd.arg("--data-dir").arg(&self.data_dir);
-        if let Some(c) = &self.config {
-            cmd.arg("--config").arg(c);
-        }
-        let out = cmd
+        let out = self
+            .command()
             .args(args)
             .env("GARRET_LOG", "info")
             .output()
@@ -160,8 +200,13 @@ impl Garretd {
         out
     }
 
-    /// One value from the server's SQLite database (tests on the embedded default).
+    /// One value from the server's database (SQLite file or PostgreSQL).
     pub fn sql(&self, query: &str) -> String {
+        if let Some((_, url)) = self.env.iter().find(|(k, _)| k == "GARRET_DATABASE__URL") {
+            let out = Command::new("psql").arg(url).args(["-tA", "-c", query]).output().expect("psql");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
         let out = Command::new("python3")
             .arg("-c")
             .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])")
