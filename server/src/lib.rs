@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod gc;
+pub mod metrics;
 pub mod nix;
 pub mod secrets;
 pub mod server;

@@ -554,3 +554,75 @@ async fn host_header_rules() {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("nix copy"));
 }
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {prefix} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_requests_uploads_and_storage() {
+    let g = Garretd::start();
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, "m", true).await.status(),
+        StatusCode::OK
+    );
+    let nar = nar_of_file(&noise(5, 400_000));
+    let info = upload_info("m", "p", &nar, &[]);
+    api.upload(Some(&admin), &info, nar.clone()).await;
+    api.upload(Some(&admin), &info, nar.clone()).await;
+    let body = api
+        .req(Method::GET, &format!("m/nar/{}.nar", fake_hash("p")), None)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    api.req(
+        Method::GET,
+        &format!("m/{}.narinfo", fake_hash("nope")),
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
+
+    let resp = api.req(Method::GET, "metrics", None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    assert_eq!(metric(&text, "garret_http_requests_total{route=\"/_api/v1/upload-path\",method=\"PUT\",status=\"200\"}"), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "garret_http_requests_total{route=\"/{cache}/{file}\",method=\"GET\",status=\"404\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "garret_nars_uploaded_total"), 1.0);
+    assert_eq!(metric(&text, "garret_nars_deduplicated_total"), 1.0);
+    assert_eq!(
+        metric(&text, "garret_nar_bytes_received_total"),
+        nar.len() as f64
+    );
+    assert_eq!(
+        metric(&text, "garret_nar_bytes_sent_total"),
+        body.len() as f64
+    );
+    assert!(metric(&text, "garret_storage_bytes") >= nar.len() as f64);
+    assert!(
+        metric(
+            &text,
+            "garret_http_request_duration_seconds_count{route=\"/_api/v1/upload-path\"}"
+        ) >= 2.0
+    );
+    assert!(
+        !text.contains("\"m\""),
+        "cache names never become label values"
+    );
+}

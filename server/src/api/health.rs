@@ -18,3 +18,18 @@ pub async fn readyz(
     state.store.storage().check().await?;
     Ok((StatusCode::OK, "ready\n"))
 }
+
+/// Prometheus exposition. Storage size is read from the database at scrape time.
+pub async fn metrics(State(state): State<SharedState>) -> impl axum::response::IntoResponse {
+    let m = &crate::metrics::METRICS;
+    if let Ok(bytes) = state.db().stored_bytes().await {
+        m.storage_bytes.set(bytes);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+}

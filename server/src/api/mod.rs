@@ -12,7 +12,7 @@ pub mod state;
 pub mod types;
 mod upload;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -56,14 +56,39 @@ pub fn router(state: SharedState) -> Router {
             "/{cache}/nar/{file}",
             get(binary_cache::nar).put(nix_upload::put_nar),
         )
+        .route_layer(middleware::from_fn(track))
         .fallback(|| async { ServerError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn(track))
         .merge(api)
         .with_state(state)
+}
+
+/// Counts requests and their latency by route template.
+async fn track(path: MatchedPath, req: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let route = path.as_str().to_string();
+    let m = &crate::metrics::METRICS;
+    m.latency
+        .get_or_create(&crate::metrics::RouteLabels {
+            route: route.clone(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
 }
 
 /// `Host` is required, and must be one of `allowed-hosts` when that list is set.

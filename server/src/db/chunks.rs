@@ -163,6 +163,15 @@ impl Database {
         Ok(())
     }
 
+    /// Bytes of all chunk files the store holds.
+    pub async fn stored_bytes(&self) -> DbResult<i64> {
+        let row = sqlx::query("SELECT COALESCE(SUM(file_size), 0) AS total FROM chunks")
+            .fetch_one(self.pool())
+            .await
+            .ctx("summing storage")?;
+        get(&row, "total")
+    }
+
     /// The chunks of a NAR in order.
     pub async fn nar_chunks(&self, nar_id: i64) -> DbResult<Vec<ChunkLoc>> {
         let rows = sqlx::query(

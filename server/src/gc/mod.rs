@@ -95,6 +95,9 @@ pub async fn run_once(
             break;
         }
     }
+    let m = &crate::metrics::METRICS;
+    m.gc_runs.inc();
+    m.gc_bytes_freed.inc_by(report.bytes_freed);
     tracing::info!(?report, "garbage collection finished");
     Ok(report)
 }

@@ -29,7 +29,12 @@ impl Store {
                 let storage = storage.clone();
                 async move { storage.get(&c.storage_key).await }
             })
-            .buffered(PREFETCH);
+            .buffered(PREFETCH)
+            .inspect(|piece| {
+                if let Ok(b) = piece {
+                    crate::metrics::METRICS.bytes_out.inc_by(b.len() as u64);
+                }
+            });
         // Await the first chunk before any header goes out, so a storage outage is a 503
         // with a JSON body instead of a 200 whose body breaks off.
         let first = stream.next().await.transpose()?;

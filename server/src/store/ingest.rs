@@ -161,6 +161,7 @@ impl Store {
                 verify_possession(claim, body).await?;
             }
             self.db.attach_object(&obj, nar.id).await?;
+            crate::metrics::METRICS.nars_deduplicated.inc();
             return Ok(UploadOutcome::Deduplicated);
         }
         self.ingest_new(obj, claim, hash_text, body).await
@@ -332,6 +333,13 @@ impl Store {
         match self.db.commit_upload(obj, &nar).await? {
             (CommitOutcome::Stored, id) => {
                 pending.disarm();
+                let m = &crate::metrics::METRICS;
+                m.nars_uploaded.inc();
+                m.bytes_in.inc_by(size);
+                m.chunks_stored
+                    .inc_by(results.iter().filter(|r| !r.reused).count() as u64);
+                m.chunks_deduplicated
+                    .inc_by(results.iter().filter(|r| r.reused).count() as u64);
                 let reused: usize = results
                     .iter()
                     .filter(|r| r.reused)
@@ -344,7 +352,10 @@ impl Store {
                 Ok((outcome, id))
             }
             // Dropping `pending` (still armed) discards our now redundant chunks.
-            (CommitOutcome::Raced, id) => Ok((UploadOutcome::Deduplicated, id)),
+            (CommitOutcome::Raced, id) => {
+                crate::metrics::METRICS.nars_deduplicated.inc();
+                Ok((UploadOutcome::Deduplicated, id))
+            }
             (CommitOutcome::ChunkGone, _) => Err(ServerError::Unavailable(
                 "a chunk was garbage-collected during the upload; please retry".into(),
             )),

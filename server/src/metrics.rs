@@ -1,0 +1,157 @@
+//! Prometheus metrics. One process-wide registry, so the store and GC count where the work
+//! happens without threading handles through every call; `GET /metrics` renders it.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route template (`/{cache}/{file}`), never a cache name or token.
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram>,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub nars_uploaded: Counter,
+    pub nars_deduplicated: Counter,
+    pub chunks_stored: Counter,
+    pub chunks_deduplicated: Counter,
+    pub storage_bytes: Gauge,
+    pub gc_runs: Counter,
+    pub gc_bytes_freed: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("garret");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let m = Metrics {
+            requests: requests.clone(),
+            latency: latency.clone(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            nars_uploaded: Counter::default(),
+            nars_deduplicated: Counter::default(),
+            chunks_stored: Counter::default(),
+            chunks_deduplicated: Counter::default(),
+            storage_bytes: Gauge::default(),
+            gc_runs: Counter::default(),
+            gc_bytes_freed: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency,
+        );
+        registry.register(
+            "nar_bytes_received",
+            "Uncompressed NAR bytes received by uploads",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "nar_bytes_sent",
+            "NAR file bytes sent to clients",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "nars_uploaded",
+            "NARs stored by uploads",
+            m.nars_uploaded.clone(),
+        );
+        registry.register(
+            "nars_deduplicated",
+            "Uploads answered by an already stored NAR",
+            m.nars_deduplicated.clone(),
+        );
+        registry.register(
+            "chunks_stored",
+            "Chunks written to storage",
+            m.chunks_stored.clone(),
+        );
+        registry.register(
+            "chunks_deduplicated",
+            "Chunks reused instead of written",
+            m.chunks_deduplicated.clone(),
+        );
+        registry.register(
+            "storage_bytes",
+            "Bytes of chunk files in storage (as of the last scrape)",
+            m.storage_bytes.clone(),
+        );
+        registry.register("gc_runs", "Garbage collection runs", m.gc_runs.clone());
+        registry.register(
+            "gc_bytes_freed",
+            "Bytes of chunk files deleted by garbage collection",
+            m.gc_bytes_freed.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_families() {
+        METRICS.gc_runs.inc();
+        METRICS
+            .requests
+            .get_or_create(&RequestLabels {
+                route: "/healthz".into(),
+                method: "GET".into(),
+                status: 200,
+            })
+            .inc();
+        let text = METRICS.render();
+        assert!(text.contains("garret_gc_runs_total"), "{text}");
+        assert!(
+            text.contains(
+                "garret_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"}"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
