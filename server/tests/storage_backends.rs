@@ -256,6 +256,12 @@ async fn s3_missing_bucket_is_not_a_missing_chunk() {
     let Some(mut cfg) = s3_from_env("s3_missing_bucket_is_not_a_missing_chunk") else {
         return;
     };
+    if std::env::var("GARRET_TEST_S3_SERVER").as_deref() == Ok("s3s-fs") {
+        // s3s-fs writes into any bucket name and answers NoSuchKey for it; AWS and
+        // Garage answer NoSuchBucket, which is what this test is about.
+        eprintln!("SKIPPED s3_missing_bucket_is_not_a_missing_chunk on s3s-fs");
+        return;
+    }
     cfg.bucket = format!("no-such-bucket-{}", std::process::id());
     let s = S3Storage::new(&cfg).expect("client");
     let key = new_chunk_key();
