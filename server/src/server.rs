@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::api::state::{AppState, SharedState};
-use crate::config::{Config, StorageConfig};
+use crate::config::{Config, ConfigSource, StorageConfig};
 use crate::db::Database;
 use crate::storage::{DynStorage, LocalStorage};
 use crate::store::Store;
@@ -33,18 +33,23 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<SharedState> {
     let db = Database::connect(cfg.database_url()).await?;
     db.migrate().await?;
     let storage = open_storage(&cfg).await?;
+    crate::declare::apply(&db, &cfg.caches).await?;
+    let revoked = crate::watch::read_revocations(cfg.jwt.revocation_list.as_deref())?;
     let store = Store::new(&cfg, db, storage)?;
-    Ok(AppState::new(cfg, store, verifier))
+    let state = AppState::new(cfg, store, verifier);
+    state.set_revocations(revoked);
+    Ok(state)
 }
 
 /// How long in-flight requests may run after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+pub async fn serve(cfg: Config, source: ConfigSource) -> anyhow::Result<()> {
     let addr = cfg.listen_addr()?;
     let hint = first_token_hint(&cfg);
     let state = build_state(cfg).await?;
     spawn_gc_loop(&state);
+    crate::watch::spawn(state.clone(), source);
     let app = crate::api::router(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -82,12 +82,14 @@ pub async fn create_cache(
     let created = state
         .db()
         .create_cache(&NewCache {
+            declared: false,
             name: name.to_string(),
             keypair: keypair_for(name.as_str(), &req.keypair)?,
             is_public: req.is_public,
             store_dir: req.store_dir,
             priority: req.priority,
             upstream_cache_key_names: req.upstream_cache_key_names,
+            retention_period: None,
         })
         .await?;
     state.forget_cache(name.as_str(), None);

@@ -11,7 +11,7 @@ use crate::db::{CacheRow, Database};
 use crate::error::ServerResult;
 use crate::nix::signing::Keypair;
 use crate::store::Store;
-use crate::token::{Claims, Rejection, Verifier};
+use crate::token::{Claims, Rejection, RevocationList, Verifier};
 
 /// A cache row with its keypair parsed once.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct AppState {
     pub config: Config,
     pub store: Store,
     pub verifier: Verifier,
+    /// Replaced whole when the revocation file changes.
+    revoked: std::sync::RwLock<Arc<RevocationList>>,
     tokens: Cache<[u8; 32], Result<Arc<Claims>, Rejection>>,
     caches: Cache<String, Option<Arc<CacheEntry>>>,
     /// (cache id, store path hash) → narinfo text, already signed.
@@ -43,6 +45,7 @@ impl AppState {
             config,
             store,
             verifier,
+            revoked: Default::default(),
             tokens: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(TOKEN_TTL)
@@ -75,8 +78,22 @@ impl AppState {
             if claims.exp.is_some_and(|exp| exp < now) {
                 return Err(Rejection::Expired);
             }
+            if self
+                .revoked
+                .read()
+                .map(|r| r.is_revoked(claims))
+                .unwrap_or(true)
+            {
+                return Err(Rejection::Revoked);
+            }
         }
         verdict
+    }
+
+    pub fn set_revocations(&self, list: RevocationList) {
+        if let Ok(mut r) = self.revoked.write() {
+            *r = Arc::new(list);
+        }
     }
 
     /// A live cache by name, from memory when recently seen.

@@ -137,14 +137,15 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { listen } => listen.clone(),
         _ => None,
     };
-    let cfg = Config::load(&ConfigSource {
+    let source = ConfigSource {
         file: cli.config.clone(),
         data_dir: cli.data_dir.clone(),
         listen,
-    })?;
+    };
+    let cfg = Config::load(&source)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {
-        Command::Serve { .. } => rt.block_on(garret::server::serve(cfg)),
+        Command::Serve { .. } => rt.block_on(garret::server::serve(cfg, source)),
         Command::Migrate => rt.block_on(async {
             let db = garret::db::Database::connect(cfg.database_url()).await?;
             db.migrate().await?;
@@ -154,6 +155,10 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig => {
             garret::store::Compression::from_config(&cfg.compression)?;
             garret::secrets::load_signing_key(&cfg, false)?;
+            garret::watch::read_revocations(cfg.jwt.revocation_list.as_deref())?;
+            for c in &cfg.caches {
+                garret::declare::declared_keypair(c)?;
+            }
             eprintln!("configuration OK");
             Ok(())
         }

@@ -46,6 +46,43 @@ pub struct Config {
     /// Where embedded defaults live (SQLite file, chunk folder, generated token secret).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Garret: caches declared in configuration, created or updated at start and whenever
+    /// the file changes (`[[caches]]` tables).
+    #[serde(default)]
+    pub caches: Vec<DeclaredCache>,
+}
+
+/// A cache as configuration declares it. Unset fields keep their current value (or the
+/// API's default on creation).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DeclaredCache {
+    pub name: String,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    #[serde(default = "default_store_dir")]
+    pub store_dir: String,
+    /// `None` = the global default; `"0"` = keep forever.
+    #[serde(default, with = "duration::serde_humantime_opt")]
+    pub retention_period: Option<Duration>,
+    #[serde(default = "default_upstream")]
+    pub upstream_cache_key_names: Vec<String>,
+    /// A file holding the cache's signing keypair (`name:base64`), e.g. a mounted Secret.
+    pub signing_key_file: Option<PathBuf>,
+    /// An environment variable holding the keypair instead.
+    pub signing_key_env: Option<String>,
+}
+
+fn default_priority() -> i32 {
+    41
+}
+fn default_store_dir() -> String {
+    "/nix/store".into()
+}
+fn default_upstream() -> Vec<String> {
+    vec!["cache.nixos.org-1".into()]
 }
 
 fn default_listen() -> String {
@@ -185,6 +222,9 @@ impl Default for GcConfig {
 pub struct JwtConfig {
     pub token_bound_issuer: Option<String>,
     pub token_bound_audiences: Option<Vec<String>>,
+    /// Garret: a file listing revoked tokens, one `jti` (or `sub:<subject>`) per line;
+    /// re-read whenever it changes.
+    pub revocation_list: Option<PathBuf>,
     pub signing: Option<JwtSigning>,
 }
 
@@ -298,6 +338,19 @@ impl Config {
         }
         if c.max_size > 16 << 20 {
             bail!("[chunking] max-size above 16 MiB is not supported (chunks are held in memory)");
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.caches {
+            crate::cache_name::CacheName::parse(&c.name)?;
+            if !names.insert(c.name.as_str()) {
+                bail!("cache {:?} is declared twice", c.name);
+            }
+            if c.signing_key_file.is_some() && c.signing_key_env.is_some() {
+                bail!(
+                    "cache {:?}: set signing-key-file or signing-key-env, not both",
+                    c.name
+                );
+            }
         }
         if self.compression.kind == CompressionType::Brotli {
             bail!("[compression] type = \"brotli\" is not supported: concatenated chunks would not decode; use zstd");

@@ -18,19 +18,22 @@ pub struct CacheRow {
     pub retention_period: Option<i64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewCache {
+    /// Created from configuration rather than through the API.
+    pub declared: bool,
     pub name: String,
     pub keypair: String,
     pub is_public: bool,
     pub store_dir: String,
     pub priority: i32,
     pub upstream_cache_key_names: Vec<String>,
+    pub retention_period: Option<i64>,
 }
 
 /// A partial update; `None` leaves a column as it is. `retention_period: Some(None)` resets
 /// to the global default.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CachePatch {
     pub keypair: Option<String>,
     pub is_public: Option<bool>,
@@ -81,12 +84,25 @@ impl Database {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// Whether a live cache exists and came from configuration: `(id, declared)`.
+    pub async fn cache_origin(&self, name: &str) -> DbResult<Option<(CacheRow, bool)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, declared FROM caches WHERE name = $1 AND deleted_at IS NULL"
+        ))
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await
+        .ctx("loading a cache")?;
+        row.map(|r| Ok((from_row(&r)?, get::<i64>(&r, "declared")? != 0)))
+            .transpose()
+    }
+
     /// Inserts a cache; `Ok(false)` when the name is taken (also by a soft-deleted cache).
     pub async fn create_cache(&self, c: &NewCache) -> DbResult<bool> {
         let _w = self.write_gate().await;
         let res = sqlx::query(
-            "INSERT INTO caches (name, keypair, is_public, store_dir, priority, upstream_cache_key_names, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO caches (name, keypair, is_public, store_dir, priority, upstream_cache_key_names, created_at, declared, retention_period)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&c.name)
         .bind(&c.keypair)
@@ -95,6 +111,8 @@ impl Database {
         .bind(c.priority as i64)
         .bind(json(&c.upstream_cache_key_names))
         .bind(now_unix())
+        .bind(c.declared as i64)
+        .bind(c.retention_period)
         .execute(self.pool())
         .await
         .ctx("creating a cache")?;

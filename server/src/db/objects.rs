@@ -239,18 +239,36 @@ impl Database {
             }
         }
 
+        // Another replica may commit the same NAR between our check and this insert.
         let row = sqlx::query(
             "INSERT INTO nars (nar_hash, nar_size, compression, num_chunks, created_at)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (nar_hash, compression) DO NOTHING RETURNING id",
         )
         .bind(&nar.nar_hash)
         .bind(nar.nar_size)
         .bind(&nar.compression)
         .bind(nar.chunk_ids.len() as i64)
         .bind(now_unix())
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .ctx("inserting a NAR")?;
+        let Some(row) = row else {
+            tx.rollback().await.ctx("rolling back")?;
+            let winner =
+                sqlx::query("SELECT id FROM nars WHERE nar_hash = $1 AND compression = $2")
+                    .bind(&nar.nar_hash)
+                    .bind(&nar.compression)
+                    .fetch_one(self.pool())
+                    .await
+                    .ctx("finding the concurrent NAR")?;
+            let id: i64 = get(&winner, "id")?;
+            if let Some(obj) = obj {
+                let mut tx = self.pool().begin().await.ctx("beginning a transaction")?;
+                upsert_object(&mut tx, obj, id).await?;
+                tx.commit().await.ctx("committing an object")?;
+            }
+            return Ok((CommitOutcome::Raced, id));
+        };
         let nar_id: i64 = get(&row, "id")?;
 
         const REF_BATCH: usize = 300;
