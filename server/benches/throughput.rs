@@ -44,7 +44,7 @@ fn start_server() -> Server {
         .arg("--data-dir")
         .arg(data.path())
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("GARRET_LOG", "warn")
+        .env("GARRETD_LOG", "warn")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::time::Duration;
 
 async fn json(resp: reqwest::Response) -> Value {
     resp.json().await.expect("JSON body")
@@ -625,4 +626,49 @@ async fn metrics_count_requests_uploads_and_storage() {
         !text.contains("\"m\""),
         "cache names never become label values"
     );
+}
+
+/// SIGTERM: new connections are refused, an upload in flight still completes.
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_upload_finish() {
+    let g = Garretd::start();
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, "c", false).await.status(),
+        StatusCode::OK
+    );
+    let nar = nar_of_file(&noise(9, 2 << 20));
+    let info = upload_info("c", "slow", &nar, &[]);
+    let (tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(rx);
+    let upload = tokio::spawn({
+        let api = api.clone();
+        let admin = admin.clone();
+        async move {
+            api.req(Method::PUT, "_api/v1/upload-path", Some(&admin))
+                .header("X-Attic-Nar-Info", info.to_string())
+                .body(body)
+                .send()
+                .await
+        }
+    });
+    let mut tx = tx;
+    use futures::SinkExt;
+    let half = nar.len() / 2;
+    tx.send(Ok(nar[..half].to_vec())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(g.pid() as i32, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // new connections are no longer accepted
+    let fresh = reqwest::Client::new().get(api.url("healthz")).send().await;
+    assert!(fresh.is_err() || fresh.unwrap().status() != StatusCode::OK);
+    tx.send(Ok(nar[half..].to_vec())).await.unwrap();
+    drop(tx);
+    let resp = upload
+        .await
+        .unwrap()
+        .expect("the in-flight upload completes");
+    assert_eq!(resp.status(), StatusCode::OK);
 }

@@ -15,17 +15,17 @@ use garret::config::{Config, ConfigSource};
 struct Cli {
     /// TOML configuration file (Attic's server.toml keys). Without it, embedded defaults
     /// are used: SQLite and local chunk storage inside --data-dir.
-    #[arg(long, short = 'f', global = true, env = "GARRET_CONFIG")]
+    #[arg(long, short = 'f', global = true, env = "GARRETD_CONFIG")]
     config: Option<PathBuf>,
     /// Directory for embedded defaults: server.db, storage/, the token secret.
     /// Default: $XDG_DATA_HOME/garret.
-    #[arg(long, global = true, env = "GARRET_DATA_DIR")]
+    #[arg(long, global = true, env = "GARRETD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Log format.
     #[arg(
         long,
         global = true,
-        env = "GARRET_LOG_FORMAT",
+        env = "GARRETD_LOG_FORMAT",
         value_enum,
         default_value = "text"
     )]
@@ -45,7 +45,7 @@ enum Command {
     /// Run the HTTP server (runs database migrations first).
     Serve {
         /// Address to listen on, e.g. 127.0.0.1:8080 (overrides `listen` in the config).
-        #[arg(long, short = 'l', env = "GARRET_LISTEN")]
+        #[arg(long, short = 'l', env = "GARRETD_LISTEN")]
         listen: Option<String>,
     },
     /// Print a signed JWT with the given rights (same flags as `atticadm make-token`).
@@ -97,7 +97,7 @@ struct MakeTokenArgs {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GARRET_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GARRETD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,4 +1,5 @@
-//! `GARRET_SECTION__KEY=value` overrides, so every setting can come from the environment
+//! `GARRETD_SECTION__KEY=value` overrides, so every setting can come from the environment
+//! (`GARRETD_`, not `GARRET_`: the client and the test tools own that prefix)
 //! (handy in containers). `_` inside a key becomes `-`; `__` separates table levels.
 
 use anyhow::bail;
@@ -14,10 +15,10 @@ const NOT_CONFIG: &[&str] = &["CONFIG", "DATA_DIR", "LISTEN", "LOG", "LOG_FORMAT
 
 pub fn apply_overrides(table: &mut toml::Table, vars: &[(String, String)]) -> anyhow::Result<()> {
     for (name, value) in vars {
-        let Some(rest) = name.strip_prefix("GARRET_") else {
+        let Some(rest) = name.strip_prefix("GARRETD_") else {
             continue;
         };
-        if NOT_CONFIG.contains(&rest) || rest.starts_with("TEST_") || rest.starts_with("BENCH_") {
+        if NOT_CONFIG.contains(&rest) {
             continue;
         }
         let path: Vec<String> = rest

@@ -2,7 +2,7 @@
 //! directory so `garretd serve --data-dir DIR` needs no file at all.
 //!
 //! Sources, later wins: built-in defaults → data-dir defaults → TOML file (`--config`, or
-//! `ATTIC_SERVER_CONFIG_BASE64`) → `GARRET_<SECTION>__<KEY>` environment overrides.
+//! `ATTIC_SERVER_CONFIG_BASE64`) → `GARRETD_<SECTION>__<KEY>` environment overrides.
 
 mod duration;
 mod env;
@@ -273,7 +273,7 @@ impl Config {
                 _ => String::new(),
             },
         };
-        Self::from_toml(&text, src, env::vars_with_prefix("GARRET_"))
+        Self::from_toml(&text, src, env::vars_with_prefix("GARRETD_"))
     }
 
     /// Pure part of [`Config::load`]: text + command line + environment overrides.
@@ -456,8 +456,8 @@ token-hs256-secret-base64 = "c2VjcmV0"
             "",
             &src("/d"),
             vec![
-                ("GARRET_COMPRESSION__LEVEL".into(), "1".into()),
-                ("GARRET_API_ENDPOINT".into(), "http://x/".into()),
+                ("GARRETD_COMPRESSION__LEVEL".into(), "1".into()),
+                ("GARRETD_API_ENDPOINT".into(), "http://x/".into()),
             ],
         )
         .unwrap();

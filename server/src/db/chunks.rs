@@ -165,10 +165,11 @@ impl Database {
 
     /// Bytes of all chunk files the store holds.
     pub async fn stored_bytes(&self) -> DbResult<i64> {
-        let row = sqlx::query("SELECT COALESCE(SUM(file_size), 0) AS total FROM chunks")
-            .fetch_one(self.pool())
-            .await
-            .ctx("summing storage")?;
+        let row =
+            sqlx::query("SELECT CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS total FROM chunks")
+                .fetch_one(self.pool())
+                .await
+                .ctx("summing storage")?;
         get(&row, "total")
     }
 

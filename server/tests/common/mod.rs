@@ -45,15 +45,20 @@ fn database_env() -> Vec<(String, String)> {
     if std::env::var("GARRET_TEST_DATABASE").as_deref() != Ok("postgres") {
         return Vec::new();
     }
-    let base = std::env::var("GARRET_TEST_POSTGRES_URL").expect("GARRET_TEST_POSTGRES_URL (eval \"$(bash .ci/postgres.sh start)\")");
+    let base = std::env::var("GARRET_TEST_POSTGRES_URL")
+        .expect("GARRET_TEST_POSTGRES_URL (eval \"$(bash .ci/postgres.sh start)\")");
     let name = format!("garret_test_{}", uuid::Uuid::new_v4().simple());
     let out = Command::new("psql")
         .arg(format!("{base}/postgres"))
         .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
         .output()
         .expect("psql");
-    assert!(out.status.success(), "creating a test database: {}", String::from_utf8_lossy(&out.stderr));
-    vec![("GARRET_DATABASE__URL".into(), format!("{base}/{name}"))]
+    assert!(
+        out.status.success(),
+        "creating a test database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vec![("GARRETD_DATABASE__URL".into(), format!("{base}/{name}"))]
 }
 
 pub fn on_postgres() -> bool {
@@ -128,7 +133,7 @@ impl Garretd {
             cmd.arg("--config").arg(c);
         }
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("GARRET_LOG", "garret=debug,info")
+            .env("GARRETD_LOG", "garret=debug,info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
@@ -188,7 +193,7 @@ impl Garretd {
         let out = self
             .command()
             .args(args)
-            .env("GARRET_LOG", "info")
+            .env("GARRETD_LOG", "info")
             .output()
             .expect("run garretd");
         eprintln!(
@@ -202,9 +207,17 @@ impl Garretd {
 
     /// One value from the server's database (SQLite file or PostgreSQL).
     pub fn sql(&self, query: &str) -> String {
-        if let Some((_, url)) = self.env.iter().find(|(k, _)| k == "GARRET_DATABASE__URL") {
-            let out = Command::new("psql").arg(url).args(["-tA", "-c", query]).output().expect("psql");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        if let Some((_, url)) = self.env.iter().find(|(k, _)| k == "GARRETD_DATABASE__URL") {
+            let out = Command::new("psql")
+                .arg(url)
+                .args(["-tA", "-c", query])
+                .output()
+                .expect("psql");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             return String::from_utf8_lossy(&out.stdout).trim().to_string();
         }
         let out = Command::new("python3")
