@@ -3,8 +3,8 @@
 # on PostgreSQL when a test database is configured (GARRET_TEST_POSTGRES_URL).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 if [ -n "${GARRET_TEST_POSTGRES_URL:-}" ]; then
     echo "==> server tests on PostgreSQL"
-    GARRET_TEST_DATABASE=postgres cargo test -p garret --locked --tests
+    GARRET_TEST_DATABASE=postgres cargo test -p garret --locked --no-fail-fast --tests
 fi

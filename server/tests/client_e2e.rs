@@ -13,23 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::nix::*;
 use common::*;
-
-const NIX_CONF: &str = "\
-build-users-group =
-sandbox = false
-substituters =
-trusted-public-keys =
-require-sigs = true
-experimental-features = nix-command
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0
-download-attempts = 1
-stalled-download-timeout = 15
-fsync-metadata = false
-gc-reserved-space = 0
-extra-sandbox-paths = /bin /usr /lib /lib64?
-";
 
 /// A three-path chain top → mid → leaf; `bigsize` bytes of random data go into top.
 const CHAIN_NIX: &str = r#"{ nonce, bigsize ? "1000" }:
@@ -45,21 +30,14 @@ in mk "top" "mkdir $out; echo ${mid} > $out/ref; echo top > $out/data; head -c $
 "#;
 
 struct Env {
+    nix: Nix,
     root: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
 impl Env {
     fn new() -> Option<Env> {
-        let ok = Command::new("nix-store")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            if std::env::var_os("CI").is_some() {
-                panic!("nix-store not found on PATH: apt-get install -y nix-bin");
-            }
-            eprintln!("skipping: nix-store not found (apt-get install -y nix-bin)");
+        if !require_nix() {
             return None;
         }
         let tmp = tempfile::Builder::new()
@@ -67,49 +45,29 @@ impl Env {
             .tempdir()
             .expect("tempdir");
         let root = tmp.path().to_path_buf();
-        for d in ["conf", "cache", "home", "xdg"] {
-            std::fs::create_dir_all(root.join(d)).expect("mkdir");
-        }
-        std::fs::write(root.join("conf/nix.conf"), NIX_CONF).expect("nix.conf");
+        let nix = Nix::new(&root);
         std::fs::write(root.join("chain.nix"), CHAIN_NIX).expect("chain.nix");
-        Some(Env { root, _tmp: tmp })
+        Some(Env {
+            nix,
+            root,
+            _tmp: tmp,
+        })
     }
 
     fn store(&self, name: &str) -> String {
-        self.root.join(name).to_str().expect("utf8").to_string()
+        self.nix.store(name)
     }
 
     fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new(prog);
-        c.env("NIX_CONF_DIR", self.root.join("conf"))
-            .env("XDG_CACHE_HOME", self.root.join("cache"))
-            .env("XDG_CONFIG_HOME", self.root.join("xdg"))
-            .env("HOME", self.root.join("home"))
-            .env_remove("NIX_REMOTE")
-            .env_remove("NIX_CONFIG")
-            .env_remove("GARRET_TOKEN")
-            .env_remove("GARRET_SERVER")
-            .stdin(Stdio::null());
-        c
+        self.nix.cmd(prog)
     }
 
     fn nix(&self, prog: &str, args: &[&str]) -> Output {
-        let out = self.cmd(prog).args(args).output().expect("spawn nix");
-        eprintln!(
-            "$ {prog} {}\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        self.nix.run(prog, args)
     }
 
     fn nix_ok(&self, prog: &str, args: &[&str]) -> String {
-        let out = self.nix(prog, args);
-        assert!(out.status.success(), "{prog} {args:?} failed");
-        String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_string()
+        self.nix.ok(prog, args)
     }
 
     /// The client, with its local Nix pointed at chroot store A.

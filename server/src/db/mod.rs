@@ -113,6 +113,18 @@ impl Database {
         }
     }
 
+    /// A transaction that will write. SQLite must take the write lock up front: a read
+    /// transaction that later writes fails at once with "database is locked" when another
+    /// process wrote in between, instead of waiting (busy_timeout does not apply).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Postgres => self.pool.begin().await,
+        }
+    }
+
     pub fn engine(&self) -> Engine {
         self.engine
     }

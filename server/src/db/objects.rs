@@ -165,7 +165,7 @@ impl Database {
     /// Points an object at an already stored NAR (NAR-level deduplication).
     pub async fn attach_object(&self, obj: &NewObject, nar_id: i64) -> DbResult<()> {
         let _w = self.write_gate().await;
-        let mut tx = self.pool().begin().await.ctx("beginning a transaction")?;
+        let mut tx = self.begin_write().await.ctx("beginning a transaction")?;
         upsert_object(&mut tx, obj, nar_id).await?;
         tx.commit().await.ctx("committing an object")?;
         Ok(())
@@ -180,7 +180,7 @@ impl Database {
         nar: &NewNar,
     ) -> DbResult<(CommitOutcome, i64)> {
         let _w = self.write_gate().await;
-        let mut tx = self.pool().begin().await.ctx("beginning a transaction")?;
+        let mut tx = self.begin_write().await.ctx("beginning a transaction")?;
         let existing = sqlx::query("SELECT id FROM nars WHERE nar_hash = $1 AND compression = $2")
             .bind(&nar.nar_hash)
             .bind(&nar.compression)
@@ -263,7 +263,7 @@ impl Database {
                     .ctx("finding the concurrent NAR")?;
             let id: i64 = get(&winner, "id")?;
             if let Some(obj) = obj {
-                let mut tx = self.pool().begin().await.ctx("beginning a transaction")?;
+                let mut tx = self.begin_write().await.ctx("beginning a transaction")?;
                 upsert_object(&mut tx, obj, id).await?;
                 tx.commit().await.ctx("committing an object")?;
             }

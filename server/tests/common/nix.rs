@@ -40,7 +40,7 @@ pub struct Nix {
 
 impl Nix {
     pub fn new(root: &Path) -> Nix {
-        for d in ["conf", "cache", "home"] {
+        for d in ["conf", "cache", "home", "xdg"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
         std::fs::write(root.join("conf/nix.conf"), NIX_CONF).expect("nix.conf");
@@ -54,8 +54,12 @@ impl Nix {
         c.env("NIX_CONF_DIR", self.root.join("conf"))
             .env("XDG_CACHE_HOME", self.root.join("cache"))
             .env("HOME", self.root.join("home"))
+            .env("XDG_CONFIG_HOME", self.root.join("xdg"))
             .env_remove("NIX_REMOTE")
-            .env_remove("NIX_CONFIG");
+            .env_remove("NIX_CONFIG")
+            .env_remove("GARRET_TOKEN")
+            .env_remove("GARRET_SERVER")
+            .stdin(std::process::Stdio::null());
         c
     }
 
