@@ -164,7 +164,7 @@ async fn upload_serve_and_deduplicate() {
 
     // a small NAR (single chunk) and a big one (many chunks), both forms of upload info
     let small = nar_of_file(b"hello world\n");
-    let big = nar_of_file(&noise(7, 3 << 20));
+    let big = nar_of_file(&noise(7, 8 << 20));
     let dep = upload_info("one", "dep-1.0", &small, &[]);
     let dep_base = format!("{}-dep-1.0", dep["store_path_hash"].as_str().unwrap());
     let top = upload_info("one", "top-1.0", &big, std::slice::from_ref(&dep_base));
@@ -267,7 +267,7 @@ async fn upload_serve_and_deduplicate() {
     let again = upload_info("two", "top-1.0", &big, std::slice::from_ref(&dep_base));
     let r = json(api.upload(Some(&admin), &again, big.clone()).await).await;
     assert_eq!(r["kind"], "Deduplicated", "{r}");
-    let mut edited_file = noise(7, 3 << 20);
+    let mut edited_file = noise(7, 8 << 20);
     edited_file.extend_from_slice(b"one more line\n");
     let edited = nar_of_file(&edited_file);
     let r = json(
