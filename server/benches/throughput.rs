@@ -4,7 +4,8 @@
 //! `/healthz` requests/s for narinfo, and one in-process SHA-256 pass over the same bytes
 //! for upload/download (the least work any verifying server must do).
 //!
-//!   cargo bench -p garret --bench throughput            # GARRET_BENCH_NAR_MIB, _RSS_MIB, _SECS to scale
+//!   cargo bench -p garret --bench throughput   # GARRET_BENCH_NAR_MIB, _RSS_MIB, _SECS scale it;
+//!                                              # GARRET_BENCH_DIR picks the data directory's disk
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +40,11 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
-    let data = tempfile::tempdir().expect("tempdir");
+    // GARRET_BENCH_DIR=/dev/shm separates the server's speed from the disk's.
+    let data = match std::env::var_os("GARRET_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir).expect("tempdir"),
+        None => tempfile::tempdir().expect("tempdir"),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_garretd"))
         .arg("--data-dir")
         .arg(data.path())
@@ -288,6 +293,23 @@ fn sha256_baseline(seed: u64, size: usize) -> f64 {
     size as f64 / MIB as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Writing the same bytes as 256 KiB files into the server's data directory: the ceiling
+/// the disk puts on any server that stores what it receives.
+fn disk_baseline(dir: &std::path::Path, size: usize) -> f64 {
+    let target = dir.join("disk-baseline");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    let mut piece = vec![0u8; 256 * 1024];
+    let mut noise = Noise(5);
+    let start = Instant::now();
+    for i in 0..size / piece.len() {
+        noise.fill(&mut piece);
+        std::fs::write(target.join(format!("{i}.chunk")), &piece).expect("write");
+    }
+    let mbs = size as f64 / MIB as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&target);
+    mbs
+}
+
 fn main() {
     let nar_mib = env_usize("GARRET_BENCH_NAR_MIB", 256);
     let rss_mib = env_usize("GARRET_BENCH_RSS_MIB", 1024);
@@ -307,6 +329,7 @@ fn main() {
         assert!(r.status().is_success());
 
         let hash_mbs = sha256_baseline(99, nar_mib * MIB);
+        let disk_mbs = disk_baseline(s.data.path(), nar_mib * MIB);
         let (up_s, n) = upload(&http, &s, &tok, 1, nar_mib * MIB).await;
         let up = n as f64 / MIB as f64 / up_s;
         let (down_s, dn) = download(&http, &s, 1).await;
@@ -334,6 +357,7 @@ fn main() {
         println!("| narinfo GET, 64 connections | {narinfo:.0} req/s | /healthz {healthz:.0} req/s | {:.2} |", narinfo / healthz);
         println!("| upload {nar_mib} MiB incompressible NAR | {up:.0} MB/s | SHA-256 in-process {hash_mbs:.0} MB/s | {:.2} |", up / hash_mbs);
         println!("| download {nar_mib} MiB NAR | {down:.0} MB/s | SHA-256 in-process {hash_mbs:.0} MB/s | {:.2} |", down / hash_mbs);
+        println!("| upload {nar_mib} MiB NAR vs the disk | {up:.0} MB/s | writing 256 KiB files there {disk_mbs:.0} MB/s | {:.2} |", up / disk_mbs);
         println!("| upload {rss_mib} MiB NAR | {:.0} MB/s | | |", big_n as f64 / MIB as f64 / big_up_s);
         println!("| download {rss_mib} MiB NAR | {:.0} MB/s | | |", big_n as f64 / MIB as f64 / big_down_s);
         println!("| garretd peak RSS after {nar_mib} MiB up+down | {rss_small} MiB | | |");
