@@ -13,7 +13,7 @@ use crate::storage::StorageError;
 pub type NarStream = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>;
 
 /// Chunk files fetched ahead of the one being sent.
-const PREFETCH: usize = 4;
+const PREFETCH: usize = 16;
 
 impl Store {
     /// Opens a NAR for streaming. Fails up front (503 `IncompleteNar`) if any chunk is known
