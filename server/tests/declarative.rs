@@ -218,9 +218,10 @@ async fn two_replicas_act_as_one_cache() {
 
     // GC in both at once is safe; everything is served by both
     let (mut c1, mut c2) = (g.command(), h.command());
+    let (p1, p2) = (c1.arg("gc").spawn().unwrap(), c2.arg("gc").spawn().unwrap());
     let (o1, o2) = (
-        c1.arg("gc").output().unwrap(),
-        c2.arg("gc").output().unwrap(),
+        p1.wait_with_output().unwrap(),
+        p2.wait_with_output().unwrap(),
     );
     assert!(o1.status.success() && o2.status.success());
     for api in [&a, &b] {
