@@ -486,14 +486,19 @@ async fn bad_uploads_are_refused_and_store_nothing() {
         assert!(body["error"].is_string(), "{path}: JSON error body");
     }
 
-    // nothing of the above was stored, after the background cleanup had a moment
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // nothing of the above was stored, once the background cleanup has run
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (g.count("chunks") > 0 || g.chunk_files() > 0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(g.count("objects"), 0);
     assert_eq!(g.count("nars"), 0);
     assert_eq!(g.count("chunks"), 0);
     assert_eq!(g.chunk_files(), 0);
 
-    // an upload cut off mid-body leaves nothing either
+    // an upload cut off mid-body leaves nothing either (large enough that chunks are
+    // already written when the connection drops)
+    let nar = nar_of_file(&noise(2, 6 << 20));
     let info = upload_info("c", "x-7", &nar, &[]);
     let mut stream = tokio::net::TcpStream::connect(g.url.trim_start_matches("http://"))
         .await
@@ -505,9 +510,16 @@ async fn bad_uploads_are_refused_and_store_nothing() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&nar[..nar.len() / 2]).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while g.count("chunks") == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(g.count("chunks") > 0, "the first half was being stored");
     drop(stream);
-    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (g.count("chunks") > 0 || g.chunk_files() > 0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(g.count("objects"), 0);
     assert_eq!(
         g.count("chunks"),

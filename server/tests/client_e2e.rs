@@ -464,13 +464,21 @@ fn watch_store_pushes_new_paths() {
         .expect("spawn watch-store");
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let (top, closure) = env.build_chain(1000);
-    let url = format!("{}/w/{}.narinfo", g.url, &top["/nix/store/".len()..][..32]);
+    // uploads run in parallel: wait until the whole closure is there, not just the top
+    let urls: Vec<String> = closure
+        .iter()
+        .map(|p| format!("{}/w/{}.narinfo", g.url, &p["/nix/store/".len()..][..32]))
+        .collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut found = false;
     while std::time::Instant::now() < deadline {
-        let status = rt.block_on(reqwest::get(&url)).map(|r| r.status());
-        if status.is_ok_and(|s| s.is_success()) {
+        let all = urls.iter().all(|url| {
+            rt.block_on(reqwest::get(url))
+                .map(|r| r.status())
+                .is_ok_and(|s| s.is_success())
+        });
+        if all {
             found = true;
             break;
         }
