@@ -60,16 +60,16 @@ struct Received {
 /// The whole-NAR SHA-256 on its own thread, so it runs beside chunking instead of before
 /// it: the reader hands over each piece (a reference-counted clone, no copy).
 struct HashLane {
-    tx: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
     done: tokio::task::JoinHandle<[u8; 32]>,
 }
 
 impl HashLane {
     fn start() -> HashLane {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
         let done = tokio::task::spawn_blocking(move || {
             let mut h = Sha256::new();
-            for piece in rx {
+            while let Some(piece) = rx.blocking_recv() {
                 h.update(&piece);
             }
             h.finalize().into()
@@ -77,10 +77,11 @@ impl HashLane {
         HashLane { tx: Some(tx), done }
     }
 
-    fn update(&mut self, piece: Bytes) {
+    /// Waits (asynchronously) only when the hashing thread is 64 pieces behind.
+    async fn update(&mut self, piece: Bytes) {
         if let Some(tx) = &self.tx {
             // A send can only fail if the hashing thread died; `finish` reports that.
-            let _ = tx.send(piece);
+            let _ = tx.send(piece).await;
         }
     }
 
@@ -247,7 +248,7 @@ impl Store {
                             "Bad NAR Hash or Size: the body is longer than the declared {limit} bytes"
                         )));
                     }
-                    hasher.update(piece.clone());
+                    hasher.update(piece.clone()).await;
                     validator
                         .feed(&piece)
                         .map_err(|e| ServerError::request(format!("Malformed NAR: {e}")))?;
