@@ -42,79 +42,92 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// Registers a metric and hands it back (metrics are shared handles).
+fn add<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    m: M,
+) -> M {
+    r.register(name, help, m.clone());
+    m
+}
+
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("garret");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let mut r = Registry::with_prefix("garret");
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
-        let m = Metrics {
-            requests: requests.clone(),
-            latency: latency.clone(),
-            bytes_in: Counter::default(),
-            bytes_out: Counter::default(),
-            nars_uploaded: Counter::default(),
-            nars_deduplicated: Counter::default(),
-            chunks_stored: Counter::default(),
-            chunks_deduplicated: Counter::default(),
-            storage_bytes: Gauge::default(),
-            gc_runs: Counter::default(),
-            gc_bytes_freed: Counter::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "http_requests",
-            "HTTP requests by route, method and status",
-            requests,
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency by route",
-            latency,
-        );
-        registry.register(
-            "nar_bytes_received",
-            "Uncompressed NAR bytes received by uploads",
-            m.bytes_in.clone(),
-        );
-        registry.register(
-            "nar_bytes_sent",
-            "NAR file bytes sent to clients",
-            m.bytes_out.clone(),
-        );
-        registry.register(
-            "nars_uploaded",
-            "NARs stored by uploads",
-            m.nars_uploaded.clone(),
-        );
-        registry.register(
-            "nars_deduplicated",
-            "Uploads answered by an already stored NAR",
-            m.nars_deduplicated.clone(),
-        );
-        registry.register(
-            "chunks_stored",
-            "Chunks written to storage",
-            m.chunks_stored.clone(),
-        );
-        registry.register(
-            "chunks_deduplicated",
-            "Chunks reused instead of written",
-            m.chunks_deduplicated.clone(),
-        );
-        registry.register(
-            "storage_bytes",
-            "Bytes of chunk files in storage (as of the last scrape)",
-            m.storage_bytes.clone(),
-        );
-        registry.register("gc_runs", "Garbage collection runs", m.gc_runs.clone());
-        registry.register(
-            "gc_bytes_freed",
-            "Bytes of chunk files deleted by garbage collection",
-            m.gc_bytes_freed.clone(),
-        );
-        Metrics { registry, ..m }
+        Metrics {
+            requests: add(
+                &mut r,
+                "http_requests",
+                "HTTP requests by route, method and status",
+                Family::default(),
+            ),
+            latency: add(
+                &mut r,
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+                latency,
+            ),
+            bytes_in: add(
+                &mut r,
+                "nar_bytes_received",
+                "Uncompressed NAR bytes received by uploads",
+                Counter::default(),
+            ),
+            bytes_out: add(
+                &mut r,
+                "nar_bytes_sent",
+                "NAR file bytes sent to clients",
+                Counter::default(),
+            ),
+            nars_uploaded: add(
+                &mut r,
+                "nars_uploaded",
+                "NARs stored by uploads",
+                Counter::default(),
+            ),
+            nars_deduplicated: add(
+                &mut r,
+                "nars_deduplicated",
+                "Uploads answered by an already stored NAR",
+                Counter::default(),
+            ),
+            chunks_stored: add(
+                &mut r,
+                "chunks_stored",
+                "Chunks written to storage",
+                Counter::default(),
+            ),
+            chunks_deduplicated: add(
+                &mut r,
+                "chunks_deduplicated",
+                "Chunks reused instead of written",
+                Counter::default(),
+            ),
+            storage_bytes: add(
+                &mut r,
+                "storage_bytes",
+                "Bytes of chunk files in storage (as of the last scrape)",
+                Gauge::default(),
+            ),
+            gc_runs: add(
+                &mut r,
+                "gc_runs",
+                "Garbage collection runs",
+                Counter::default(),
+            ),
+            gc_bytes_freed: add(
+                &mut r,
+                "gc_bytes_freed",
+                "Bytes of chunk files deleted by garbage collection",
+                Counter::default(),
+            ),
+            registry: r,
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -26,16 +26,6 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-async fn config_of(api: &Api, token: Option<&str>, cache: &str) -> (StatusCode, serde_json::Value) {
-    let r = api
-        .req(Method::GET, &format!("_api/v1/cache-config/{cache}"), token)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or_default())
-}
-
 fn jti_of(token: &str) -> String {
     let payload = token.split('.').nth(1).unwrap();
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -61,7 +51,7 @@ async fn declared_caches_follow_the_config_file() {
     let api = g.client();
     let admin = g.admin_token();
 
-    let (status, team) = config_of(&api, None, "team").await;
+    let (status, team) = api.cache_config(None, "team").await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -70,7 +60,7 @@ async fn declared_caches_follow_the_config_file() {
     assert_eq!(team["public_key"], key.public_key().to_canonical_string());
     assert_eq!(team["priority"], 30);
     assert_eq!(team["retention_period"]["Period"], 30 * 86400);
-    let (status, ci) = config_of(&api, Some(&admin), "ci").await;
+    let (status, ci) = api.cache_config(Some(&admin), "ci").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ci["is_public"], false);
     let ci_key = ci["public_key"].clone();
@@ -80,29 +70,29 @@ async fn declared_caches_follow_the_config_file() {
         api.create_cache(&admin, "manual", false).await.status(),
         StatusCode::OK
     );
-    let manual_before = config_of(&api, Some(&admin), "manual").await.1;
+    let manual_before = api.cache_config(Some(&admin), "manual").await.1;
 
     let path = g.config.clone().unwrap();
     std::fs::write(&path, config(false, 20, "priority = 50\n\n[[caches]]\nname = \"manual\"\npublic = true\n\n[[caches]]\nname = \"fresh\"\n")).unwrap();
     eventually("team becomes private", || async {
-        config_of(&api, None, "team").await.0 == StatusCode::UNAUTHORIZED
+        api.cache_config(None, "team").await.0 == StatusCode::UNAUTHORIZED
     })
     .await;
     eventually("fresh is created", || async {
-        config_of(&api, Some(&admin), "fresh").await.0 == StatusCode::OK
+        api.cache_config(Some(&admin), "fresh").await.0 == StatusCode::OK
     })
     .await;
-    let team = config_of(&api, Some(&admin), "team").await.1;
+    let team = api.cache_config(Some(&admin), "team").await.1;
     assert_eq!(team["priority"], 20);
     assert_eq!(team["public_key"], key.public_key().to_canonical_string());
-    let ci = config_of(&api, Some(&admin), "ci").await.1;
+    let ci = api.cache_config(Some(&admin), "ci").await.1;
     assert_eq!(ci["priority"], 50);
     assert_eq!(
         ci["public_key"], ci_key,
         "a generated key is kept across updates"
     );
     assert_eq!(
-        config_of(&api, Some(&admin), "manual").await.1,
+        api.cache_config(Some(&admin), "manual").await.1,
         manual_before
     );
 
@@ -110,7 +100,7 @@ async fn declared_caches_follow_the_config_file() {
     std::fs::write(&path, "[[caches]]\nname = \"../bad\"\n").unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        config_of(&api, Some(&admin), "team").await.0,
+        api.cache_config(Some(&admin), "team").await.0,
         StatusCode::OK
     );
 
@@ -119,7 +109,7 @@ async fn declared_caches_follow_the_config_file() {
     let mut g = g;
     g.restart();
     let api = g.client();
-    let ci = config_of(&api, Some(&admin), "ci").await.1;
+    let ci = api.cache_config(Some(&admin), "ci").await.1;
     assert_eq!(ci["public_key"], ci_key);
 }
 
@@ -146,7 +136,7 @@ async fn revoked_tokens_are_refused_within_seconds() {
     let bob = g.token("bob", "1 hour", &["--pull", "c"]);
     let bob2 = g.token("bob", "1 hour", &["--pull", "c"]);
     for t in [&alice, &alice2, &bob, &bob2] {
-        assert_eq!(config_of(&api, Some(t), "c").await.0, StatusCode::OK);
+        assert_eq!(api.cache_config(Some(t), "c").await.0, StatusCode::OK);
     }
 
     std::fs::write(
@@ -155,32 +145,32 @@ async fn revoked_tokens_are_refused_within_seconds() {
     )
     .unwrap();
     eventually("alice's first token is revoked", || async {
-        config_of(&api, Some(&alice), "c").await.0 == StatusCode::UNAUTHORIZED
+        api.cache_config(Some(&alice), "c").await.0 == StatusCode::UNAUTHORIZED
     })
     .await;
-    let (_, body) = config_of(&api, Some(&alice), "c").await;
+    let (_, body) = api.cache_config(Some(&alice), "c").await;
     assert!(
         body["message"].as_str().unwrap().contains("revoked"),
         "{body}"
     );
     assert_eq!(
-        config_of(&api, Some(&alice2), "c").await.0,
+        api.cache_config(Some(&alice2), "c").await.0,
         StatusCode::OK,
         "only that jti is revoked"
     );
     assert_eq!(
-        config_of(&api, Some(&bob), "c").await.0,
+        api.cache_config(Some(&bob), "c").await.0,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        config_of(&api, Some(&bob2), "c").await.0,
+        api.cache_config(Some(&bob2), "c").await.0,
         StatusCode::UNAUTHORIZED
     );
 
     // un-revoking works the same way
     std::fs::write(&list, "").unwrap();
     eventually("bob is allowed again", || async {
-        config_of(&api, Some(&bob), "c").await.0 == StatusCode::OK
+        api.cache_config(Some(&bob), "c").await.0 == StatusCode::OK
     })
     .await;
 }
@@ -192,8 +182,8 @@ async fn two_replicas_act_as_one_cache() {
     let (a, b) = (g.client(), h.client());
     let admin = g.admin_token();
     // both applied the same declaration: one cache, one key
-    let ka = config_of(&a, Some(&admin), "shared").await.1["public_key"].clone();
-    let kb = config_of(&b, Some(&admin), "shared").await.1["public_key"].clone();
+    let ka = a.cache_config(Some(&admin), "shared").await.1["public_key"].clone();
+    let kb = b.cache_config(Some(&admin), "shared").await.1["public_key"].clone();
     assert_eq!(ka, kb);
 
     // the same NAR to both replicas at once ends as one NAR

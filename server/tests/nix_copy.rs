@@ -116,15 +116,7 @@ async fn nix_copy_into_a_private_cache_then_substitute_elsewhere() {
     );
 
     // served re-signed with the cache's key (Nix signed nothing), substituted elsewhere
-    let cfg: serde_json::Value = api
-        .req(Method::GET, "_api/v1/cache-config/priv", Some(&admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = cfg["public_key"].as_str().unwrap();
+    let key = &api.public_key(Some(&admin), "priv").await;
     let b = nix.store("B");
     nix.ok(
         "nix-store",

@@ -107,13 +107,7 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
     }
 
     // public cache: no credentials needed, signature checked against the cache's key
-    let key_of = |cfg: serde_json::Value| cfg["public_key"].as_str().unwrap().to_string();
-    let cfg = api
-        .req(reqwest::Method::GET, "_api/v1/cache-config/pub", None)
-        .send()
-        .await
-        .unwrap();
-    let pub_key = key_of(cfg.json().await.unwrap());
+    let pub_key = api.public_key(None, "pub").await;
     let b = nix.store("B");
     let sub = format!("{}/pub", g.url);
     nix.ok(
@@ -171,16 +165,7 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
     assert!(err.contains("is not signed by any of the keys"), "{err}");
 
     // private cache: without credentials Nix cannot see it; with a netrc it substitutes
-    let cfg = api
-        .req(
-            reqwest::Method::GET,
-            "_api/v1/cache-config/priv",
-            Some(&admin),
-        )
-        .send()
-        .await
-        .unwrap();
-    let priv_key = key_of(cfg.json().await.unwrap());
+    let priv_key = api.public_key(Some(&admin), "priv").await;
     let sub = format!("{}/priv", g.url);
     let out = nix.run(
         "nix-store",

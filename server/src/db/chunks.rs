@@ -1,7 +1,7 @@
 //! The `chunks` table: compressed pieces of NARs, deduplicated globally by the hash of
 //! their uncompressed bytes.
 
-use super::{get, now_unix, Ctx, Database, DbResult};
+use super::{get, now_unix, placeholders, Ctx, Database, DbResult};
 
 #[derive(Debug, Clone)]
 pub struct NewChunk {
@@ -51,10 +51,9 @@ impl Database {
     ) -> DbResult<std::collections::HashMap<String, (i64, i64)>> {
         let mut found = std::collections::HashMap::new();
         for slice in hashes.chunks(500) {
-            let list: Vec<String> = (2..slice.len() + 2).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT id, chunk_hash, file_size FROM chunks WHERE compression = $1 AND state = 'V' AND chunk_hash IN ({})",
-                list.join(", ")
+                placeholders(2, slice.len())
             );
             let mut q = sqlx::query(&sql).bind(compression);
             for h in slice {
@@ -147,10 +146,9 @@ impl Database {
     pub async fn delete_pending_chunks(&self, ids: &[i64]) -> DbResult<()> {
         let _w = self.write_gate().await;
         for slice in ids.chunks(500) {
-            let list: Vec<String> = (1..=slice.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "DELETE FROM chunks WHERE state = 'P' AND id IN ({})",
-                list.join(", ")
+                placeholders(1, slice.len())
             );
             let mut q = sqlx::query(&sql);
             for id in slice {

@@ -1,6 +1,6 @@
 //! The queries garbage collection runs; see `crate::gc` for why they are safe to race.
 
-use super::{get, Ctx, Database, DbResult};
+use super::{get, placeholders, Ctx, Database, DbResult};
 
 impl Database {
     /// Every cache (soft-deleted ones too) with its own retention period.
@@ -87,10 +87,9 @@ impl Database {
         let _w = self.write_gate().await;
         let mut n = 0;
         for slice in ids.chunks(500) {
-            let list: Vec<String> = (1..=slice.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "DELETE FROM chunks WHERE state = 'D' AND id IN ({})",
-                list.join(", ")
+                placeholders(1, slice.len())
             );
             let mut q = sqlx::query(&sql);
             for id in slice {

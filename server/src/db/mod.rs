@@ -179,6 +179,14 @@ pub fn now_unix() -> i64 {
         .unwrap_or_default()
 }
 
+/// `$start, $start+1, …` for an `IN (…)` list of `n` values.
+pub(crate) fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn get<'r, T>(row: &'r AnyRow, col: &str) -> DbResult<T>
 where
     T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,

@@ -4,7 +4,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
-use super::{get, now_unix, Ctx, Database, DbResult};
+use super::{get, now_unix, placeholders, Ctx, Database, DbResult};
 
 /// An object joined with its NAR: everything a narinfo needs.
 #[derive(Debug, Clone)]
@@ -85,13 +85,6 @@ fn object_from_row(row: &AnyRow) -> DbResult<ObjectRow> {
 
 /// SQL parameter lists are bounded on both engines; big closures are queried in slices.
 const BATCH: usize = 500;
-
-fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 impl Database {
     pub async fn find_object(&self, cache_id: i64, hash: &str) -> DbResult<Option<ObjectRow>> {

@@ -298,6 +298,32 @@ impl Api {
         }
     }
 
+    /// GET cache-config: the status and the JSON body (null when there is none).
+    pub async fn cache_config(
+        &self,
+        token: Option<&str>,
+        cache: &str,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let r = self
+            .req(
+                reqwest::Method::GET,
+                &format!("_api/v1/cache-config/{cache}"),
+                token,
+            )
+            .send()
+            .await
+            .expect("send");
+        let status = r.status();
+        (status, r.json().await.unwrap_or_default())
+    }
+
+    /// The cache's public signing key, as `nix.conf` wants it.
+    pub async fn public_key(&self, token: Option<&str>, cache: &str) -> String {
+        let (status, cfg) = self.cache_config(token, cache).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "cache-config of {cache}");
+        cfg["public_key"].as_str().expect("public_key").to_string()
+    }
+
     pub async fn create_cache(&self, token: &str, name: &str, public: bool) -> reqwest::Response {
         self.req(
             reqwest::Method::POST,
