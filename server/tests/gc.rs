@@ -44,17 +44,20 @@ async fn fetch_nar(api: &Api, token: &str, cache: &str, name: &str) -> (StatusCo
     (status, nar)
 }
 
-/// No chunk reference may point at a chunk that is not valid, and every valid chunk has its file.
+/// No chunk reference may point at a chunk that is not valid, and every valid chunk's pack
+/// is in storage.
 fn assert_consistent(g: &Garretd) {
     let dangling = g.sql(
         "SELECT COUNT(*) FROM chunkrefs r JOIN chunks c ON c.id = r.chunk_id WHERE c.state != 'V'",
     );
     assert_eq!(dangling, "0", "chunk references to non-valid chunks");
-    let valid: usize = g
-        .sql("SELECT COUNT(*) FROM chunks WHERE state = 'V'")
-        .parse()
-        .unwrap();
-    assert!(g.chunk_files() >= valid, "a valid chunk lost its file");
+    let files = g.storage_files();
+    for key in g.sql_rows("SELECT DISTINCT storage_key FROM chunks WHERE state = 'V'") {
+        assert!(
+            files.contains(&key),
+            "the pack of a valid chunk is gone: {key}"
+        );
+    }
 }
 
 fn gc(g: &Garretd, extra: &[&str]) {
@@ -129,12 +132,97 @@ async fn expired_objects_go_and_shared_chunks_stay() {
         files_after < files_before,
         "expired data was deleted ({files_before} -> {files_after})"
     );
-    assert_eq!(files_after as i64, g.count("chunks"));
+    assert_eq!(
+        files_after as i64,
+        g.packs(),
+        "no pack is left without chunks"
+    );
     assert_consistent(&g);
 
-    // a second run finds nothing more to do
+    // a second run finds nothing more to do (with a retention w cannot outlive meanwhile)
+    set_retention(&api, &admin, "short", 3600).await;
     gc(&g, &[]);
     assert_eq!(g.chunk_files(), files_after);
+}
+
+/// Chunks of one upload batch share a pack: GC must keep the pack while any of its chunks
+/// is live, and delete it with the last one.
+#[tokio::test]
+async fn a_pack_lives_as_long_as_any_of_its_chunks() {
+    let g = Garretd::start_with(Some(CONFIG), &[]);
+    let api = g.client();
+    let admin = g.admin_token();
+    for c in ["first", "second"] {
+        assert_eq!(
+            api.create_cache(&admin, c, false).await.status(),
+            StatusCode::OK
+        );
+    }
+    // `b` shares the first 1.5 MiB of `a` (those chunks sit in a's packs), then differs.
+    let head = noise(31, 3 << 19);
+    let a = nar_of_file(&[&head[..], &noise(32, 1 << 20)[..]].concat());
+    let b = nar_of_file(&[&head[..], &noise(33, 1 << 20)[..]].concat());
+    for (cache, name, nar) in [("first", "a", &a), ("second", "b", &b)] {
+        let r = api
+            .upload(
+                Some(&admin),
+                &upload_info(cache, name, nar, &[]),
+                nar.clone(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let shared_packs = g.sql(
+        "SELECT COUNT(DISTINCT c.storage_key) FROM chunks c
+         WHERE EXISTS (SELECT 1 FROM chunkrefs r JOIN nars n ON n.id = r.nar_id
+                       JOIN objects o ON o.nar_id = n.id JOIN caches k ON k.id = o.cache_id
+                       WHERE r.chunk_id = c.id AND k.name = 'second')
+           AND EXISTS (SELECT 1 FROM chunks d WHERE d.storage_key = c.storage_key
+                       AND NOT EXISTS (SELECT 1 FROM chunkrefs r JOIN nars n ON n.id = r.nar_id
+                                       JOIN objects o ON o.nar_id = n.id JOIN caches k ON k.id = o.cache_id
+                                       WHERE r.chunk_id = d.id AND k.name = 'second'))",
+    );
+    assert_ne!(
+        shared_packs, "0",
+        "the test needs a pack holding chunks of both a live and a dying NAR"
+    );
+
+    let destroy = |cache: &'static str| {
+        let api = api.clone();
+        let admin = admin.clone();
+        async move {
+            let r = api
+                .req(
+                    Method::DELETE,
+                    &format!("_api/v1/cache-config/{cache}"),
+                    Some(&admin),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    };
+    destroy("first").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    gc(&g, &[]);
+    assert_eq!(
+        fetch_nar(&api, &admin, "second", "b").await.1,
+        b,
+        "b intact"
+    );
+    assert_consistent(&g);
+    assert_eq!(
+        g.chunk_files() as i64,
+        g.packs(),
+        "a's own packs are gone, shared ones stay"
+    );
+
+    destroy("second").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    gc(&g, &[]);
+    assert_eq!(g.count("chunks"), 0);
+    assert_eq!(g.chunk_files(), 0, "the last chunk took its pack along");
 }
 
 #[tokio::test]
@@ -189,7 +277,11 @@ async fn an_interrupted_run_is_finished_by_the_next() {
 
     gc(&g, &[]);
     assert_eq!(g.sql("SELECT COUNT(*) FROM chunks WHERE state = 'D'"), "0");
-    assert_eq!(g.chunk_files() as i64, g.count("chunks"));
+    assert_eq!(
+        g.chunk_files() as i64,
+        g.packs(),
+        "no pack is left without chunks"
+    );
     assert!(g.chunk_files() < files);
     assert_consistent(&g);
     assert_eq!(fetch_nar(&api, &admin, "keep", "kept").await.1, kept);

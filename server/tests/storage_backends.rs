@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use garret::config::{S3Config, S3Credentials};
-use garret::storage::{new_chunk_key, LocalStorage, S3Storage, Storage, StorageError};
+use garret::storage::{new_pack_key, LocalStorage, S3Storage, Storage, StorageError};
 use s3_support::s3_from_env;
 
 fn blob(seed: u64, n: usize) -> Bytes {
@@ -28,7 +28,7 @@ async fn storage_contract(s: &dyn Storage) {
     s.check().await.expect("check on a healthy backend");
 
     // put / get
-    let key = new_chunk_key();
+    let key = new_pack_key();
     let data = blob(1, 1000);
     s.put(&key, data.clone()).await.expect("put");
     assert_eq!(s.get(&key).await.expect("get"), data);
@@ -49,25 +49,47 @@ async fn storage_contract(s: &dyn Storage) {
         .expect("deleting a missing blob is not an error");
 
     // missing
-    let missing = new_chunk_key();
+    let missing = new_pack_key();
     match s.get(&missing).await {
         Err(StorageError::NotFound(k)) => assert_eq!(k, missing),
         other => panic!("missing blob: {other:?}"),
     }
 
     // empty and large (8 MiB, above any chunk size) blobs
-    let empty = new_chunk_key();
+    let empty = new_pack_key();
     s.put(&empty, Bytes::new()).await.expect("put empty");
     assert!(s.get(&empty).await.expect("get empty").is_empty());
-    let big_key = new_chunk_key();
+    let big_key = new_pack_key();
     let big = blob(3, 8 << 20);
     s.put(&big_key, big.clone()).await.expect("put 8 MiB");
     let back = s.get(&big_key).await.expect("get 8 MiB");
     assert_eq!(back.len(), big.len());
     assert!(back == big, "8 MiB blob came back different");
 
+    // ranges: how packed chunks are read back
+    for (offset, len) in [
+        (0u64, 1u64),
+        (0, 4096),
+        (12345, 700_000),
+        ((8 << 20) - 10, 10),
+    ] {
+        let part = s.get_range(&big_key, offset, len).await.expect("range");
+        assert!(
+            part == big.slice(offset as usize..(offset + len) as usize),
+            "range {offset}+{len} came back different"
+        );
+    }
+    assert!(
+        s.get_range(&big_key, (8 << 20) - 10, 11).await.is_err(),
+        "a range past the end must fail, not come back short"
+    );
+    assert!(matches!(
+        s.get_range(&missing, 0, 1).await,
+        Err(StorageError::NotFound(_))
+    ));
+
     // concurrent writers and readers on distinct keys
-    let keys: Vec<String> = (0..16).map(|_| new_chunk_key()).collect();
+    let keys: Vec<String> = (0..16).map(|_| new_pack_key()).collect();
     futures::future::try_join_all(
         keys.iter()
             .enumerate()
@@ -155,7 +177,7 @@ async fn s3_credentials_from_aws_env() {
     let s = S3Storage::new(&cfg).expect("client from env credentials");
     std::env::remove_var("AWS_ACCESS_KEY_ID");
     std::env::remove_var("AWS_SECRET_ACCESS_KEY");
-    let key = new_chunk_key();
+    let key = new_pack_key();
     s.put(&key, Bytes::from_static(b"env")).await.expect("put");
     assert_eq!(&s.get(&key).await.expect("get")[..], b"env");
     s.delete(&key).await.expect("delete");
@@ -172,7 +194,7 @@ async fn s3_wrong_secret_is_refused() {
     }
     let s = S3Storage::new(&cfg).expect("client");
     let err = s
-        .put(&new_chunk_key(), Bytes::from_static(b"x"))
+        .put(&new_pack_key(), Bytes::from_static(b"x"))
         .await
         .expect_err("a wrong secret must fail");
     assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
@@ -198,7 +220,7 @@ async fn s3_unreachable_is_unavailable_fast() {
         }),
     };
     let s = S3Storage::new(&cfg).expect("client");
-    let key = new_chunk_key();
+    let key = new_pack_key();
     let t = Instant::now();
     assert!(matches!(s.check().await, Err(StorageError::Unavailable(_))));
     assert!(matches!(
@@ -264,7 +286,7 @@ async fn s3_missing_bucket_is_not_a_missing_chunk() {
     }
     cfg.bucket = format!("no-such-bucket-{}", std::process::id());
     let s = S3Storage::new(&cfg).expect("client");
-    let key = new_chunk_key();
+    let key = new_pack_key();
     let err = s.get(&key).await.expect_err("no bucket");
     assert!(matches!(err, StorageError::Io { .. }), "get: {err:?}");
     let err = s

@@ -1,5 +1,6 @@
 //! The `chunks` table: compressed pieces of NARs, deduplicated globally by the hash of
-//! their uncompressed bytes.
+//! their uncompressed bytes. A chunk lives at (`storage_key`, `storage_offset`): several
+//! chunks written by one upload batch share a storage object (a pack).
 
 use super::{get, now_unix, placeholders, Ctx, Database, DbResult};
 
@@ -10,39 +11,19 @@ pub struct NewChunk {
     pub file_size: i64,
     pub compression: String,
     pub storage_key: String,
+    pub storage_offset: i64,
 }
 
 /// Where one piece of a NAR lives, in order.
 #[derive(Debug, Clone)]
 pub struct ChunkLoc {
     pub storage_key: String,
+    pub storage_offset: i64,
     pub file_size: i64,
     pub valid: bool,
 }
 
 impl Database {
-    /// A valid chunk with these bytes and compression, marked as just used so GC's grace
-    /// period protects it until the upload that reuses it commits.
-    pub async fn reuse_chunk(
-        &self,
-        chunk_hash: &str,
-        compression: &str,
-    ) -> DbResult<Option<(i64, i64)>> {
-        let row = sqlx::query(
-            "UPDATE chunks SET last_used_at = $3 WHERE id = (
-                SELECT id FROM chunks WHERE chunk_hash = $1 AND compression = $2 AND state = 'V' LIMIT 1
-             ) AND state = 'V' RETURNING id, file_size",
-        )
-        .bind(chunk_hash)
-        .bind(compression)
-        .bind(now_unix())
-        .fetch_optional(self.pool())
-        .await
-        .ctx("looking up a chunk")?;
-        row.map(|r| Ok((get(&r, "id")?, get(&r, "file_size")?)))
-            .transpose()
-    }
-
     /// Valid chunks among `hashes` with this compression: hash → (id, file size).
     pub async fn find_chunks(
         &self,
@@ -80,20 +61,21 @@ impl Database {
         for slice in rows.chunks(100) {
             let values: Vec<String> = (0..slice.len())
                 .map(|i| {
-                    let b = 2 + 5 * i;
+                    let b = 2 + 6 * i;
                     format!(
-                        "('P', ${}, ${}, ${}, ${}, ${}, $1, $1)",
+                        "('P', ${}, ${}, ${}, ${}, ${}, ${}, $1, $1)",
                         b,
                         b + 1,
                         b + 2,
                         b + 3,
-                        b + 4
+                        b + 4,
+                        b + 5
                     )
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO chunks (state, chunk_hash, chunk_size, file_size, compression, storage_key, created_at, last_used_at)
-                 VALUES {} RETURNING id, storage_key",
+                "INSERT INTO chunks (state, chunk_hash, chunk_size, file_size, compression, storage_key, storage_offset, created_at, last_used_at)
+                 VALUES {} RETURNING id, storage_key, storage_offset",
                 values.join(", ")
             );
             let mut q = sqlx::query(&sql).bind(now);
@@ -103,15 +85,20 @@ impl Database {
                     .bind(c.chunk_size)
                     .bind(c.file_size)
                     .bind(&c.compression)
-                    .bind(&c.storage_key);
+                    .bind(&c.storage_key)
+                    .bind(c.storage_offset);
             }
             for r in q.fetch_all(self.pool()).await.ctx("recording chunks")? {
-                ids.insert(get::<String>(&r, "storage_key")?, get::<i64>(&r, "id")?);
+                let location = (
+                    get::<String>(&r, "storage_key")?,
+                    get::<i64>(&r, "storage_offset")?,
+                );
+                ids.insert(location, get::<i64>(&r, "id")?);
             }
         }
         rows.iter()
             .map(|c| {
-                ids.get(&c.storage_key)
+                ids.get(&(c.storage_key.clone(), c.storage_offset))
                     .copied()
                     .ok_or_else(|| super::DbError {
                         context: "recording chunks",
@@ -119,27 +106,6 @@ impl Database {
                     })
             })
             .collect()
-    }
-
-    /// Records a chunk this upload has written to storage; it stays invisible (`P`)
-    /// until the upload commits.
-    pub async fn insert_pending_chunk(&self, c: &NewChunk) -> DbResult<i64> {
-        let _w = self.write_gate().await;
-        let now = now_unix();
-        let row = sqlx::query(
-            "INSERT INTO chunks (state, chunk_hash, chunk_size, file_size, compression, storage_key, created_at, last_used_at)
-             VALUES ('P', $1, $2, $3, $4, $5, $6, $6) RETURNING id",
-        )
-        .bind(&c.chunk_hash)
-        .bind(c.chunk_size)
-        .bind(c.file_size)
-        .bind(&c.compression)
-        .bind(&c.storage_key)
-        .bind(now)
-        .fetch_one(self.pool())
-        .await
-        .ctx("recording a chunk")?;
-        get(&row, "id")
     }
 
     /// Forgets pending chunks of a failed upload (their files are removed by the caller).
@@ -161,7 +127,7 @@ impl Database {
         Ok(())
     }
 
-    /// Bytes of all chunk files the store holds.
+    /// Compressed bytes of all chunks the store holds.
     pub async fn stored_bytes(&self) -> DbResult<i64> {
         let row =
             sqlx::query("SELECT CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS total FROM chunks")
@@ -174,7 +140,7 @@ impl Database {
     /// The chunks of a NAR in order.
     pub async fn nar_chunks(&self, nar_id: i64) -> DbResult<Vec<ChunkLoc>> {
         let rows = sqlx::query(
-            "SELECT c.storage_key, c.file_size, c.state FROM chunkrefs r JOIN chunks c ON c.id = r.chunk_id
+            "SELECT c.storage_key, c.storage_offset, c.file_size, c.state FROM chunkrefs r JOIN chunks c ON c.id = r.chunk_id
              WHERE r.nar_id = $1 ORDER BY r.seq",
         )
         .bind(nar_id)
@@ -185,6 +151,7 @@ impl Database {
             .map(|r| {
                 Ok(ChunkLoc {
                     storage_key: get(r, "storage_key")?,
+                    storage_offset: get(r, "storage_offset")?,
                     file_size: get(r, "file_size")?,
                     valid: get::<String>(r, "state")? == "V",
                 })

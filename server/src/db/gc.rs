@@ -82,7 +82,33 @@ impl Database {
             .collect()
     }
 
-    /// Forgets chunks whose files are gone.
+    /// Among `keys`, the packs that still hold a chunk not being deleted.
+    pub async fn packs_in_use(
+        &self,
+        keys: &[String],
+    ) -> DbResult<std::collections::HashSet<String>> {
+        let mut used = std::collections::HashSet::new();
+        for slice in keys.chunks(500) {
+            let sql = format!(
+                "SELECT DISTINCT storage_key FROM chunks WHERE state <> 'D' AND storage_key IN ({})",
+                placeholders(1, slice.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for k in slice {
+                q = q.bind(k.as_str());
+            }
+            for r in q
+                .fetch_all(self.pool())
+                .await
+                .ctx("checking packs in use")?
+            {
+                used.insert(get::<String>(&r, "storage_key")?);
+            }
+        }
+        Ok(used)
+    }
+
+    /// Forgets chunks that are gone from storage (or whose pack lives on without them).
     pub async fn forget_chunks(&self, ids: &[i64]) -> DbResult<u64> {
         let _w = self.write_gate().await;
         let mut n = 0;

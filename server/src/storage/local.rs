@@ -1,5 +1,5 @@
-//! Chunks as files under a directory: `<root>/<k0>/<k0k1>/<key>`, written to a temporary
-//! name and renamed, so a crash never leaves a half-written chunk under its real name.
+//! Blobs as files under a directory: `<root>/<k0>/<k0k1>/<key>`, written to a temporary
+//! name and renamed, so a crash never leaves a half-written pack under its real name.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,21 @@ impl Storage for LocalStorage {
         Ok(Bytes::from(data))
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> StorageResult<Bytes> {
+        let path = self.path_of(key)?;
+        let key = key.to_string();
+        let len = usize::try_from(len).map_err(|_| StorageError::BadKey(key.clone()))?;
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&path).map_err(io(&key))?;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset).map_err(io(&key))?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?
+    }
+
     async fn delete(&self, key: &str) -> StorageResult<()> {
         let path = self.path_of(key)?;
         match tokio::fs::remove_file(&path).await {
@@ -100,6 +115,8 @@ mod tests {
             .unwrap();
         assert!(dir.path().join("a/ab/abc.chunk").exists());
         assert_eq!(&s.get("abc.chunk").await.unwrap()[..], b"hello");
+        assert_eq!(&s.get_range("abc.chunk", 1, 3).await.unwrap()[..], b"ell");
+        assert!(s.get_range("abc.chunk", 3, 3).await.is_err(), "short read");
         s.delete("abc.chunk").await.unwrap();
         assert!(matches!(
             s.get("abc.chunk").await,

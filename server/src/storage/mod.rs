@@ -1,5 +1,6 @@
-//! Where chunk files live. A backend stores small immutable blobs by key; chunks are
-//! bounded by `[chunking] max-size`, so whole-blob reads and writes keep memory constant.
+//! Where chunks live. A backend stores small immutable blobs by key: packs of a few
+//! compressed chunks written by one upload batch (bounded in size, so whole-blob writes
+//! keep memory constant), read back by byte range.
 
 mod local;
 mod s3;
@@ -34,6 +35,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores a blob atomically: readers see all of it or nothing.
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()>;
     async fn get(&self, key: &str) -> StorageResult<Bytes>;
+    /// `len` bytes at `offset`; a range past the end of the blob is an error, never a
+    /// short read.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> StorageResult<Bytes>;
     /// Removes a blob; removing a missing blob is not an error.
     async fn delete(&self, key: &str) -> StorageResult<()>;
     /// Readiness: is the backend reachable and writable?
@@ -58,7 +62,7 @@ pub(crate) fn check_key(key: &str) -> StorageResult<()> {
     }
 }
 
-/// A fresh, unguessable chunk key.
-pub fn new_chunk_key() -> String {
-    format!("{}.chunk", uuid::Uuid::new_v4())
+/// A fresh, unguessable key for a pack of chunks.
+pub fn new_pack_key() -> String {
+    format!("{}.pack", uuid::Uuid::new_v4())
 }

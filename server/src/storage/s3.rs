@@ -198,6 +198,39 @@ impl Storage for S3Storage {
         Ok(body.into_bytes())
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> StorageResult<Bytes> {
+        check_key(key)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={offset}-{}", offset + len - 1))
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        let body = out.body.collect().await.map_err(|e| {
+            let detail = DisplayErrorContext(&e).to_string();
+            tracing::warn!(key, error = %detail, "S3 body read failed: storage unavailable");
+            StorageError::Unavailable(detail)
+        })?;
+        let body = body.into_bytes();
+        // A range past the end comes back short (or as 416): never hand out a partial chunk.
+        if body.len() as u64 != len {
+            return Err(StorageError::Io {
+                key: key.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("asked for {len} bytes at {offset}, got {}", body.len()),
+                ),
+            });
+        }
+        Ok(body)
+    }
+
     async fn delete(&self, key: &str) -> StorageResult<()> {
         check_key(key)?;
         // S3 answers 204 for a missing key too, which is the contract we want.

@@ -16,7 +16,7 @@ use crate::db::{CommitOutcome, NewChunk, NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
 use crate::nix::nar::NarValidator;
 use crate::nix::Sha256Hash;
-use crate::storage::{new_chunk_key, DynStorage};
+use crate::storage::new_pack_key;
 
 /// What the uploader says the NAR is.
 #[derive(Debug, Clone, Copy)]
@@ -37,9 +37,10 @@ pub enum UploadOutcome {
 /// Batches per upload being hashed/compressed/written at once; with the batch limits this
 /// bounds an upload's memory to about `IN_FLIGHT × BATCH_BYTES × 2` plus one chunk.
 const IN_FLIGHT: usize = 4;
-/// A batch closes at this many chunks or bytes, whichever comes first.
-const BATCH_CHUNKS: usize = 32;
-const BATCH_BYTES: usize = 1 << 20;
+/// A batch closes at this many chunks or bytes, whichever comes first; its new chunks
+/// become one pack in storage.
+const BATCH_CHUNKS: usize = 64;
+const BATCH_BYTES: usize = 2 << 20;
 
 struct ChunkResult {
     id: i64,
@@ -365,7 +366,8 @@ impl Store {
 
     /// Best-effort removal of an aborted upload's chunks; GC reaps whatever this misses.
     async fn discard(&self, chunks: Vec<(i64, String)>) {
-        for (_, key) in &chunks {
+        let packs: std::collections::BTreeSet<&String> = chunks.iter().map(|(_, k)| k).collect();
+        for key in packs {
             if let Err(e) = self.storage.delete(key).await {
                 tracing::warn!(error = %e, "could not delete a chunk of an aborted upload");
             }
@@ -391,7 +393,7 @@ fn chunk_id(data: &[u8]) -> String {
 }
 
 /// Hash a batch of chunks, reuse the ones the store already has (one query), compress the
-/// rest, record them as pending (one statement) and write their files in parallel.
+/// rest into one pack, record them as pending (one statement) and write the pack.
 /// Batching keeps database round trips per upload small whatever the chunk count.
 async fn store_batch(
     store: Store,
@@ -420,41 +422,48 @@ async fn store_batch(
         }
     }
     let first_pos: Vec<usize> = to_write.iter().map(|(i, _)| *i).collect();
-    let files = tokio::task::spawn_blocking(move || {
-        to_write
-            .into_iter()
-            .map(|(i, c)| compression.compress(&c).map(|f| (i, f)))
-            .collect::<std::io::Result<Vec<_>>>()
+    // The new chunks of a batch go into one storage object, back to back: one file (or S3
+    // PUT) per batch instead of per chunk, which is what creating objects costs most.
+    let (pack, frames) = tokio::task::spawn_blocking(move || {
+        let raw: usize = to_write.iter().map(|(_, c)| c.len()).sum();
+        let mut pack = Vec::with_capacity(raw + raw / 64 + 1024);
+        let mut frames = Vec::with_capacity(to_write.len());
+        for (i, c) in &to_write {
+            let offset = pack.len();
+            let len = compression.compress_into(c, &mut pack)?;
+            frames.push((*i, offset, len));
+        }
+        Ok::<_, std::io::Error>((Bytes::from(pack), frames))
     })
     .await
     .map_err(ServerError::internal)?
     .map_err(ServerError::internal)?;
 
     // Rows first: a crash after them leaves stale pending rows that GC cleans up, never a
-    // file nobody knows about.
-    let rows: Vec<NewChunk> = files
+    // pack nobody knows about.
+    let pack_key = new_pack_key();
+    let rows: Vec<NewChunk> = frames
         .iter()
-        .map(|(i, f)| NewChunk {
-            chunk_hash: hashes[*i].clone(),
-            chunk_size: chunks[*i].len() as i64,
-            file_size: f.len() as i64,
+        .map(|&(i, offset, len)| NewChunk {
+            chunk_hash: hashes[i].clone(),
+            chunk_size: chunks[i].len() as i64,
+            file_size: len as i64,
             compression: compression.nix_name().to_string(),
-            storage_key: new_chunk_key(),
+            storage_key: pack_key.clone(),
+            storage_offset: offset as i64,
         })
         .collect();
     let ids = store.db.insert_pending_chunks(&rows).await?;
     if let Ok(mut v) = pending.lock() {
-        v.extend(
-            ids.iter()
-                .zip(&rows)
-                .map(|(id, r)| (*id, r.storage_key.clone())),
-        );
+        v.extend(ids.iter().map(|id| (*id, pack_key.clone())));
     }
-    let writes = files
-        .into_iter()
-        .zip(&rows)
-        .map(|((_, file), row)| put(&store.storage, &row.storage_key, file));
-    futures::future::try_join_all(writes).await?;
+    if !rows.is_empty() {
+        store
+            .storage
+            .put(&pack_key, pack)
+            .await
+            .map_err(ServerError::from)?;
+    }
 
     Ok(hashes
         .iter()
@@ -479,10 +488,6 @@ async fn store_batch(
             }
         })
         .collect())
-}
-
-async fn put(storage: &DynStorage, key: &str, file: Bytes) -> ServerResult<()> {
-    storage.put(key, file).await.map_err(ServerError::from)
 }
 
 /// NAR-level dedup still reads the whole body: knowing a hash must not be enough to attach

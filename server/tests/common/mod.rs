@@ -41,7 +41,7 @@ pub struct Garretd {
 
 /// With `GARRET_TEST_DATABASE=postgres`, every test server gets a fresh database on the
 /// cluster at `GARRET_TEST_POSTGRES_URL` (see .ci/postgres.sh); else SQLite in its data dir.
-fn database_env() -> Vec<(String, String)> {
+pub fn database_env() -> Vec<(String, String)> {
     if std::env::var("GARRET_TEST_DATABASE").as_deref() != Ok("postgres") {
         return Vec::new();
     }
@@ -207,32 +207,38 @@ impl Garretd {
 
     /// One value from the server's database (SQLite file or PostgreSQL).
     pub fn sql(&self, query: &str) -> String {
-        if let Some((_, url)) = self.env.iter().find(|(k, _)| k == "GARRETD_DATABASE__URL") {
-            let out = Command::new("psql")
+        self.sql_rows(query).into_iter().next().unwrap_or_default()
+    }
+
+    /// The first column of every row a query returns.
+    pub fn sql_rows(&self, query: &str) -> Vec<String> {
+        let out = if let Some((_, url)) =
+            self.env.iter().find(|(k, _)| k == "GARRETD_DATABASE__URL")
+        {
+            Command::new("psql")
                 .arg(url)
                 .args(["-tA", "-c", query])
                 .output()
-                .expect("psql");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return String::from_utf8_lossy(&out.stdout).trim().to_string();
-        }
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])")
-            .arg(self.data_dir.join("server.db"))
-            .arg(query)
-            .output()
-            .expect("python3");
+                .expect("psql")
+        } else {
+            Command::new("python3")
+                .arg("-c")
+                .arg("import sqlite3,sys\nfor r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchall(): print(r[0])")
+                .arg(self.data_dir.join("server.db"))
+                .arg(query)
+                .output()
+                .expect("python3")
+        };
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     pub fn count(&self, table: &str) -> i64 {
@@ -241,24 +247,32 @@ impl Garretd {
             .expect("a count")
     }
 
-    /// Number of chunk files in local storage.
-    pub fn chunk_files(&self) -> usize {
-        fn walk(p: &Path) -> usize {
-            std::fs::read_dir(p)
-                .map(|rd| {
-                    rd.flatten()
-                        .map(|e| {
-                            if e.path().is_dir() {
-                                walk(&e.path())
-                            } else {
-                                1
-                            }
-                        })
-                        .sum()
-                })
-                .unwrap_or(0)
+    /// Names of the files in local storage (one per pack of chunks).
+    pub fn storage_files(&self) -> std::collections::BTreeSet<String> {
+        fn walk(p: &Path, out: &mut std::collections::BTreeSet<String>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.insert(e.file_name().to_string_lossy().into_owned());
+                }
+            }
         }
-        walk(&self.data_dir.join("storage"))
+        let mut out = Default::default();
+        walk(&self.data_dir.join("storage"), &mut out);
+        out
+    }
+
+    /// Number of files in local storage.
+    pub fn chunk_files(&self) -> usize {
+        self.storage_files().len()
+    }
+
+    /// Number of distinct packs the chunk rows point at.
+    pub fn packs(&self) -> i64 {
+        self.sql("SELECT COUNT(DISTINCT storage_key) FROM chunks")
+            .parse()
+            .expect("a count")
     }
 
     pub fn admin_token(&self) -> String {
