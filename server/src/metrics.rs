@@ -111,7 +111,7 @@ impl Metrics {
             storage_bytes: add(
                 &mut r,
                 "storage_bytes",
-                "Bytes of chunk files in storage (as of the last scrape)",
+                "Compressed bytes of the chunks in storage (as of the last scrape)",
                 Gauge::default(),
             ),
             gc_runs: add(
@@ -123,7 +123,7 @@ impl Metrics {
             gc_bytes_freed: add(
                 &mut r,
                 "gc_bytes_freed",
-                "Bytes of chunk files deleted by garbage collection",
+                "Compressed bytes of the chunks garbage collection deleted",
                 Counter::default(),
             ),
             registry: r,

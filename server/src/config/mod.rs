@@ -134,11 +134,9 @@ impl std::fmt::Debug for S3Credentials {
     }
 }
 
-/// FastCDC parameters. Attic requires the section; without it Garret uses 256 KiB average
-/// chunks (Attic's generated config: 64 KiB). Every chunk is one storage object, and at
-/// 64 KiB creating those objects, not hashing or compressing, bounded uploads to about
-/// 250 MB/s; at 256 KiB they reach about 450 MB/s (docs/benchmarks.md). NAR-level dedup is
-/// unaffected; chunk-level dedup gets coarser.
+/// FastCDC parameters. Attic requires the section; without it Garret uses the values of
+/// Attic's generated config (64 KiB average). Chunks are packed into storage objects per
+/// upload batch, so small chunks no longer mean many small files.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ChunkingConfig {
@@ -151,10 +149,10 @@ pub struct ChunkingConfig {
 impl Default for ChunkingConfig {
     fn default() -> Self {
         Self {
-            nar_size_threshold: 256 * 1024,
-            min_size: 64 * 1024,
-            avg_size: 256 * 1024,
-            max_size: 1024 * 1024,
+            nar_size_threshold: 64 * 1024,
+            min_size: 16 * 1024,
+            avg_size: 64 * 1024,
+            max_size: 256 * 1024,
         }
     }
 }
@@ -405,7 +403,7 @@ mod tests {
         assert!(
             matches!(c.storage, Some(StorageConfig::Local { ref path }) if path == Path::new("/d/storage"))
         );
-        assert_eq!(c.chunking.avg_size, 262144);
+        assert_eq!(c.chunking.avg_size, 65536);
         assert!(c.require_proof_of_possession);
     }
 

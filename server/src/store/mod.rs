@@ -1,5 +1,6 @@
 //! The content store: NARs in, NARs out. Uploads are verified, chunked, deduplicated and
-//! compressed in one streaming pass; downloads concatenate the stored chunk files.
+//! compressed in one streaming pass, each batch of new chunks written as one pack; downloads
+//! concatenate the chunks, reading neighbours in a pack together.
 
 mod chunker;
 mod compression;
