@@ -26,7 +26,7 @@ pub(super) fn parse_file(file: &str, ext: &str) -> ServerResult<StorePathHash> {
         return Err(ServerError::NotFound);
     }
     StorePathHash::parse(hash)
-        .map_err(|e| ServerError::request(format!("invalid store path hash: {e}")))
+        .map_err(|e| ServerError::request(e.to_string()))
 }
 
 fn with_visibility(mut resp: Response, cache: &CacheEntry) -> Response {
