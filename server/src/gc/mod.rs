@@ -31,6 +31,8 @@ pub struct GcReport {
     pub objects_expired: u64,
     pub nars_deleted: u64,
     pub chunks_deleted: u64,
+    /// Compressed bytes of the chunks deleted with their packs. A dead chunk whose pack
+    /// still held live ones is forgotten without counting: its bytes leave with the pack.
     pub bytes_freed: u64,
 }
 
@@ -123,9 +125,12 @@ pub async fn run_once(
         }
         let mut gone = Vec::new();
         for (id, key, size) in &batch {
-            if in_use.contains(key) || deleted.contains(key) {
+            if deleted.contains(key) {
                 gone.push(*id);
                 report.bytes_freed += *size as u64;
+            } else if in_use.contains(key) {
+                // the row goes; its bytes stay in the pack until the pack's last chunk goes
+                gone.push(*id);
             }
         }
         report.chunks_deleted += db.forget_chunks(&gone).await?;
