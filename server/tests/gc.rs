@@ -225,6 +225,94 @@ async fn a_pack_lives_as_long_as_any_of_its_chunks() {
     assert_eq!(g.chunk_files(), 0, "the last chunk took its pack along");
 }
 
+/// A pack whose chunks are mostly dead is rewritten with just the live ones; the old pack
+/// goes one run later (downloads that looked up the old location had time to finish).
+#[tokio::test]
+async fn a_mostly_dead_pack_is_compacted() {
+    let g = Garretd::start_with(Some(CONFIG), &[]);
+    let api = g.client();
+    let admin = g.admin_token();
+    for c in ["first", "second"] {
+        assert_eq!(
+            api.create_cache(&admin, c, false).await.status(),
+            StatusCode::OK
+        );
+    }
+    // a's first pack holds 0.5 MiB that b shares and 1.5 MiB only a uses
+    let head = noise(41, 1 << 19);
+    let a = nar_of_file(&[&head[..], &noise(42, 2 << 20)[..]].concat());
+    let b = nar_of_file(&[&head[..], &noise(43, 1 << 20)[..]].concat());
+    for (cache, name, nar) in [("first", "a", &a), ("second", "b", &b)] {
+        let r = api
+            .upload(
+                Some(&admin),
+                &upload_info(cache, name, nar, &[]),
+                nar.clone(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = api
+        .req(Method::DELETE, "_api/v1/cache-config/first", Some(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let live_bytes = |g: &Garretd| -> u64 {
+        g.sql("SELECT CAST(COALESCE(SUM(file_size), 0) AS BIGINT) FROM chunks WHERE state = 'V'")
+            .parse()
+            .unwrap()
+    };
+
+    gc(&g, &[]);
+    let dead_rows: i64 = g
+        .sql("SELECT COUNT(*) FROM chunks WHERE state = 'Z'")
+        .parse()
+        .unwrap();
+    assert!(
+        dead_rows > 0,
+        "a's chunks in the shared pack are dead, not yet deleted"
+    );
+    assert_eq!(
+        fetch_nar(&api, &admin, "second", "b").await.1,
+        b,
+        "b intact after the move"
+    );
+    assert_consistent(&g);
+    let old_pack = g.sql("SELECT storage_key FROM chunks WHERE state = 'Z' LIMIT 1");
+    assert!(
+        g.storage_files().contains(&old_pack),
+        "the old pack waits one run"
+    );
+    assert_eq!(
+        g.sql(&format!(
+            "SELECT COUNT(*) FROM chunks WHERE state = 'V' AND storage_key = '{old_pack}'"
+        )),
+        "0",
+        "the live chunks moved out"
+    );
+    assert!(g.storage_bytes() > live_bytes(&g));
+
+    gc(&g, &[]);
+    assert_eq!(g.sql("SELECT COUNT(*) FROM chunks WHERE state = 'Z'"), "0");
+    assert!(
+        !g.storage_files().contains(&old_pack),
+        "the old pack is gone"
+    );
+    assert_eq!(
+        fetch_nar(&api, &admin, "second", "b").await.1,
+        b,
+        "b still intact"
+    );
+    assert_consistent(&g);
+    assert_eq!(
+        g.storage_bytes(),
+        live_bytes(&g),
+        "storage holds exactly the live chunks"
+    );
+}
+
 #[tokio::test]
 async fn an_interrupted_run_is_finished_by_the_next() {
     let g = Garretd::start_with(Some(CONFIG), &[]);

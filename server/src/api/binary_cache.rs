@@ -25,8 +25,7 @@ pub(super) fn parse_file(file: &str, ext: &str) -> ServerResult<StorePathHash> {
     if got != ext {
         return Err(ServerError::NotFound);
     }
-    StorePathHash::parse(hash)
-        .map_err(|e| ServerError::request(e.to_string()))
+    StorePathHash::parse(hash).map_err(|e| ServerError::request(e.to_string()))
 }
 
 fn with_visibility(mut resp: Response, cache: &CacheEntry) -> Response {

@@ -36,8 +36,7 @@ pub async fn get_missing_paths(
         )));
     }
     for h in &req.store_path_hashes {
-        StorePathHash::parse(h)
-            .map_err(|e| ServerError::request(format!("{e} ({h:?})")))?;
+        StorePathHash::parse(h).map_err(|e| ServerError::request(format!("{e} ({h:?})")))?;
     }
     let c = authorize(&state, &caller, name.as_str(), |p| p.push).await?;
     let missing = state

@@ -82,7 +82,8 @@ impl Database {
             .collect()
     }
 
-    /// Among `keys`, the packs that still hold a chunk not being deleted.
+    /// Among `keys`, the packs that still hold a chunk that is neither being deleted (`D`)
+    /// nor dead inside a live pack (`Z`).
     pub async fn packs_in_use(
         &self,
         keys: &[String],
@@ -90,7 +91,7 @@ impl Database {
         let mut used = std::collections::HashSet::new();
         for slice in keys.chunks(500) {
             let sql = format!(
-                "SELECT DISTINCT storage_key FROM chunks WHERE state <> 'D' AND storage_key IN ({})",
+                "SELECT DISTINCT storage_key FROM chunks WHERE state NOT IN ('D', 'Z') AND storage_key IN ({})",
                 placeholders(1, slice.len())
             );
             let mut q = sqlx::query(&sql);
@@ -108,13 +109,14 @@ impl Database {
         Ok(used)
     }
 
-    /// Forgets chunks that are gone from storage (or whose pack lives on without them).
-    pub async fn forget_chunks(&self, ids: &[i64]) -> DbResult<u64> {
+    /// Dead chunks in packs that live on become `Z`: no longer anyone's, their bytes kept
+    /// until the pack goes (or is compacted).
+    pub async fn retire_chunks(&self, ids: &[i64]) -> DbResult<u64> {
         let _w = self.write_gate().await;
         let mut n = 0;
         for slice in ids.chunks(500) {
             let sql = format!(
-                "DELETE FROM chunks WHERE state = 'D' AND id IN ({})",
+                "UPDATE chunks SET state = 'Z' WHERE state = 'D' AND id IN ({})",
                 placeholders(1, slice.len())
             );
             let mut q = sqlx::query(&sql);
@@ -124,9 +126,117 @@ impl Database {
             n += q
                 .execute(self.pool())
                 .await
-                .ctx("forgetting deleted chunks")?
+                .ctx("retiring dead chunks")?
                 .rows_affected();
         }
+        Ok(n)
+    }
+
+    /// Packs holding only dead chunks (`Z`): left behind by a compaction, or by a pack
+    /// whose last live chunk went in a run that stopped early.
+    pub async fn dead_packs(&self, limit: i64) -> DbResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT z.storage_key FROM chunks z WHERE z.state = 'Z'
+             AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.storage_key = z.storage_key
+                             AND c.state NOT IN ('D', 'Z'))
+             LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("listing dead packs")?;
+        rows.iter().map(|r| get(r, "storage_key")).collect()
+    }
+
+    /// Forgets every dead row (`D`, `Z`) of packs deleted from storage.
+    pub async fn forget_packs(&self, keys: &[String]) -> DbResult<u64> {
+        let _w = self.write_gate().await;
+        let mut n = 0;
+        for slice in keys.chunks(500) {
+            let sql = format!(
+                "DELETE FROM chunks WHERE state IN ('D', 'Z') AND storage_key IN ({})",
+                placeholders(1, slice.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for k in slice {
+                q = q.bind(k.as_str());
+            }
+            n += q
+                .execute(self.pool())
+                .await
+                .ctx("forgetting deleted packs")?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// Packs where dead bytes outweigh live ones and nothing is in flight (`P`, `D`):
+    /// (key, live chunk bytes, dead chunk bytes).
+    pub async fn sparse_packs(&self, limit: i64) -> DbResult<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT storage_key,
+                    CAST(SUM(CASE WHEN state = 'V' THEN file_size ELSE 0 END) AS BIGINT) AS live,
+                    CAST(SUM(CASE WHEN state = 'Z' THEN file_size ELSE 0 END) AS BIGINT) AS dead
+             FROM chunks
+             WHERE storage_key IN (SELECT storage_key FROM chunks WHERE state = 'Z')
+             GROUP BY storage_key
+             HAVING SUM(CASE WHEN state IN ('P', 'D') THEN 1 ELSE 0 END) = 0
+                AND SUM(CASE WHEN state = 'Z' THEN file_size ELSE 0 END)
+                  > SUM(CASE WHEN state = 'V' THEN file_size ELSE 0 END)
+                AND SUM(CASE WHEN state = 'V' THEN 1 ELSE 0 END) > 0
+             LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("listing sparse packs")?;
+        rows.iter()
+            .map(|r| Ok((get(r, "storage_key")?, get(r, "live")?, get(r, "dead")?)))
+            .collect()
+    }
+
+    /// The live chunks of a pack, in pack order: (id, offset, size).
+    pub async fn pack_live_chunks(&self, key: &str) -> DbResult<Vec<(i64, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, storage_offset, file_size FROM chunks
+             WHERE storage_key = $1 AND state = 'V' ORDER BY storage_offset",
+        )
+        .bind(key)
+        .fetch_all(self.pool())
+        .await
+        .ctx("listing a pack's live chunks")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, "id")?,
+                    get(r, "storage_offset")?,
+                    get(r, "file_size")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Points chunks at their copies in a new pack, in one transaction; a chunk that left
+    /// `V` or moved meanwhile (another GC) is skipped. Returns how many moved.
+    pub async fn move_chunks(&self, from: &str, to: &str, moves: &[(i64, i64)]) -> DbResult<u64> {
+        let _w = self.write_gate().await;
+        let mut tx = self.begin_write().await.ctx("beginning a transaction")?;
+        let mut n = 0;
+        for (id, offset) in moves {
+            n += sqlx::query(
+                "UPDATE chunks SET storage_key = $1, storage_offset = $2
+                 WHERE id = $3 AND state = 'V' AND storage_key = $4",
+            )
+            .bind(to)
+            .bind(*offset)
+            .bind(*id)
+            .bind(from)
+            .execute(&mut *tx)
+            .await
+            .ctx("moving a chunk to its new pack")?
+            .rows_affected();
+        }
+        tx.commit().await.ctx("committing moved chunks")?;
         Ok(n)
     }
 }

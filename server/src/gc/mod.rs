@@ -3,8 +3,11 @@
 //! 1. expire objects past their cache's retention;
 //! 2. drop NARs no object references (chunk references cascade);
 //! 3. mark unreferenced chunks `D` (deleting), delete the packs no live chunk shares any
-//!    more, then forget the rows. A pack that still holds a live chunk keeps its dead
-//!    chunks' bytes until its last chunk goes.
+//!    more, then forget the rows. In a pack that still holds live chunks the dead ones
+//!    become `Z`: their bytes stay until the pack goes;
+//! 4. compact packs that are mostly dead: copy the live chunks into a new pack and point
+//!    them there. The old pack (now all `Z`) is deleted by the next run, so downloads that
+//!    looked up the old locations have long finished.
 //!
 //! Uploads never reference a `D` chunk: reuse requires `V` and refreshes `last_used_at`,
 //! and the commit re-checks both in its transaction, so GC and uploads may race freely.
@@ -31,6 +34,7 @@ pub struct GcReport {
     pub objects_expired: u64,
     pub nars_deleted: u64,
     pub chunks_deleted: u64,
+    pub packs_compacted: u64,
     /// Compressed bytes of the chunks deleted with their packs. A dead chunk whose pack
     /// still held live ones is forgotten without counting: its bytes leave with the pack.
     pub bytes_freed: u64,
@@ -66,6 +70,84 @@ fn plan_deletions(
     }
 }
 
+/// Deletes packs from storage; returns those now gone and whether any deletion failed.
+async fn delete_packs(storage: &DynStorage, keys: Vec<String>) -> (Vec<String>, bool) {
+    let results: Vec<_> = futures::stream::iter(keys)
+        .map(|key| {
+            let storage = storage.clone();
+            async move {
+                let res = storage.delete(&key).await;
+                (key, res)
+            }
+        })
+        .buffer_unordered(PARALLEL_DELETES)
+        .collect()
+        .await;
+    let mut deleted = Vec::new();
+    let mut failed = false;
+    for (key, res) in results {
+        match res {
+            Ok(()) => deleted.push(key),
+            Err(e) => {
+                tracing::warn!(error = %e, "GC could not delete a pack; will retry next run");
+                failed = true;
+            }
+        }
+    }
+    (deleted, failed)
+}
+
+/// Rewrites packs whose dead bytes outweigh the live ones. Best effort: a failure is
+/// logged and the pack stays as it is. Returns how many packs were compacted.
+async fn compact(db: &Database, storage: &DynStorage) -> u64 {
+    let sparse = match db.sparse_packs(COMPACT_PER_RUN).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "GC could not look for sparse packs");
+            return 0;
+        }
+    };
+    let mut n = 0;
+    for (key, live, dead) in sparse {
+        match compact_pack(db, storage, &key).await {
+            Ok(true) => {
+                n += 1;
+                tracing::debug!(pack = %key, live, dead, "compacted a pack");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(pack = %key, error = %e, "GC could not compact a pack"),
+        }
+    }
+    n
+}
+
+async fn compact_pack(db: &Database, storage: &DynStorage, key: &str) -> anyhow::Result<bool> {
+    let chunks = db.pack_live_chunks(key).await?;
+    if chunks.is_empty() {
+        return Ok(false);
+    }
+    let mut pack = Vec::with_capacity(chunks.iter().map(|c| c.2 as usize).sum());
+    let mut moves = Vec::with_capacity(chunks.len());
+    for (id, offset, size) in chunks {
+        let bytes = storage.get_range(key, offset as u64, size as u64).await?;
+        moves.push((id, pack.len() as i64));
+        pack.extend_from_slice(&bytes);
+    }
+    let new_key = crate::storage::new_pack_key();
+    storage.put(&new_key, pack.into()).await?;
+    // A crash right here leaves the new pack unreferenced in storage (never served).
+    let moved = db.move_chunks(key, &new_key, &moves).await?;
+    if moved == 0 {
+        // every chunk died or moved meanwhile: the copy is nobody's
+        storage.delete(&new_key).await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Packs compacted per GC run at most.
+const COMPACT_PER_RUN: i64 = 100;
+
 /// Storage deletions in flight at once.
 const PARALLEL_DELETES: usize = 16;
 const BATCH: i64 = 500;
@@ -89,6 +171,10 @@ pub async fn run_once(
     if stop == StopAfter::Mark {
         return Ok(report);
     }
+    // Packs compacted by an earlier run (or emptied by one that stopped early).
+    let dead = db.dead_packs(BATCH).await?;
+    let (deleted, _) = delete_packs(storage, dead).await;
+    report.chunks_deleted += db.forget_packs(&deleted).await?;
     loop {
         let batch = db.deleting_chunks(BATCH).await?;
         if batch.is_empty() {
@@ -102,42 +188,24 @@ pub async fn run_once(
             .collect();
         let in_use = db.packs_in_use(&keys).await?;
         let plan = plan_deletions(&batch, &in_use);
-        let results: Vec<_> = futures::stream::iter(plan.delete_packs)
-            .map(|key| {
-                let storage = storage.clone();
-                async move { (key.clone(), storage.delete(&key).await) }
-            })
-            .buffer_unordered(PARALLEL_DELETES)
-            .collect()
-            .await;
-        let mut deleted = std::collections::HashSet::new();
-        let mut failed = false;
-        for (key, res) in results {
-            match res {
-                Ok(()) => {
-                    deleted.insert(key);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "GC could not delete a pack; will retry next run");
-                    failed = true;
-                }
-            }
-        }
-        let mut gone = Vec::new();
-        for (id, key, size) in &batch {
-            if deleted.contains(key) {
-                gone.push(*id);
-                report.bytes_freed += *size as u64;
-            } else if in_use.contains(key) {
-                // the row goes; its bytes stay in the pack until the pack's last chunk goes
-                gone.push(*id);
-            }
-        }
-        report.chunks_deleted += db.forget_chunks(&gone).await?;
+        let (deleted, failed) = delete_packs(storage, plan.delete_packs).await;
+        let retired: Vec<i64> = batch
+            .iter()
+            .filter(|(_, key, _)| in_use.contains(key))
+            .map(|(id, _, _)| *id)
+            .collect();
+        report.chunks_deleted += db.retire_chunks(&retired).await?;
+        report.bytes_freed += batch
+            .iter()
+            .filter(|(_, key, _)| deleted.contains(key))
+            .map(|(_, _, size)| *size as u64)
+            .sum::<u64>();
+        report.chunks_deleted += db.forget_packs(&deleted).await?;
         if failed {
             break;
         }
     }
+    report.packs_compacted = compact(db, storage).await;
     let m = &crate::metrics::METRICS;
     m.gc_runs.inc();
     m.gc_bytes_freed.inc_by(report.bytes_freed);

@@ -263,6 +263,23 @@ impl Garretd {
         out
     }
 
+    /// Total size of the files in local storage.
+    pub fn storage_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.data_dir.join("storage"))
+    }
+
     /// Number of files in local storage.
     pub fn chunk_files(&self) -> usize {
         self.storage_files().len()
