@@ -1,25 +1,41 @@
-//! Blobs as files under a directory: `<root>/<k0>/<k0k1>/<key>`, written to a temporary
-//! name and renamed, so a crash never leaves a half-written pack under its real name.
+//! Blobs as files under a directory: `<root>/<k0>/<k0k1>/<key>`. Each is written under a
+//! temporary name in `<root>/.incoming` and renamed into place, so a crash never leaves a
+//! half-written pack under its real name; leftovers of a crash are swept at start.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
 use super::{check_key, Storage, StorageError, StorageResult};
 
+/// Temporary files older than this are a crashed writer's: another replica sharing the
+/// directory may be writing the younger ones right now.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
 pub struct LocalStorage {
     root: PathBuf,
+    incoming: PathBuf,
 }
 
 impl LocalStorage {
     pub fn open(root: &Path) -> StorageResult<LocalStorage> {
-        std::fs::create_dir_all(root).map_err(|source| StorageError::Io {
-            key: root.display().to_string(),
+        let incoming = root.join(".incoming");
+        std::fs::create_dir_all(&incoming).map_err(|source| StorageError::Io {
+            key: incoming.display().to_string(),
             source,
         })?;
+        let swept = sweep_stale(&incoming, SystemTime::now(), STALE_TEMP);
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed temporary files left by an interrupted write"
+            );
+        }
         Ok(LocalStorage {
             root: root.to_path_buf(),
+            incoming,
         })
     }
 
@@ -29,6 +45,22 @@ impl LocalStorage {
         let b = &key[..2.min(key.len())];
         Ok(self.root.join(a).join(b).join(key))
     }
+}
+
+/// Removes files in `dir` last modified before `now - age`; returns how many.
+fn sweep_stale(dir: &Path, now: SystemTime, age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d > age))
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 fn io(key: &str) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -49,10 +81,11 @@ impl Storage for LocalStorage {
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()> {
         let path = self.path_of(key)?;
         let key = key.to_string();
+        let incoming = self.incoming.clone();
         tokio::task::spawn_blocking(move || {
             let dir = path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(io(&key))?;
-            let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+            let tmp = incoming.join(format!("{}.tmp", uuid::Uuid::new_v4()));
             let res = std::fs::write(&tmp, &data).and_then(|_| std::fs::rename(&tmp, &path));
             if res.is_err() {
                 let _ = std::fs::remove_file(&tmp);
@@ -93,7 +126,7 @@ impl Storage for LocalStorage {
     }
 
     async fn check(&self) -> StorageResult<()> {
-        let probe = self.root.join(".ready-probe");
+        let probe = self.incoming.join(".ready-probe");
         tokio::fs::write(&probe, b"ok")
             .await
             .map_err(|e| StorageError::Unavailable(format!("{}: {e}", self.root.display())))?;
@@ -123,6 +156,36 @@ mod tests {
             Err(StorageError::NotFound(_))
         ));
         s.delete("abc.chunk").await.unwrap();
+    }
+
+    #[test]
+    fn only_stale_temporary_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old.tmp"), b"half").unwrap();
+        std::fs::write(dir.path().join("young.tmp"), b"half").unwrap();
+        let old = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("old.tmp"))
+            .unwrap();
+        old.set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+        assert_eq!(sweep_stale(dir.path(), SystemTime::now(), STALE_TEMP), 1);
+        assert!(!dir.path().join("old.tmp").exists());
+        assert!(dir.path().join("young.tmp").exists(), "a writer may own it");
+    }
+
+    #[tokio::test]
+    async fn writes_leave_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path()).unwrap();
+        s.put("abc.pack", Bytes::from_static(b"x")).await.unwrap();
+        s.check().await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(".incoming"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[tokio::test]

@@ -247,10 +247,13 @@ impl Garretd {
             .expect("a count")
     }
 
-    /// Names of the files in local storage (one per pack of chunks).
+    /// Names of the files in local storage (one per pack of chunks), temporary ones aside.
     pub fn storage_files(&self) -> std::collections::BTreeSet<String> {
         fn walk(p: &Path, out: &mut std::collections::BTreeSet<String>) {
             for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue; // .incoming: temporary files and the readiness probe
+                }
                 if e.path().is_dir() {
                     walk(&e.path(), out);
                 } else {
@@ -270,6 +273,7 @@ impl Garretd {
                 .into_iter()
                 .flatten()
                 .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .map(|e| match e.metadata() {
                     Ok(m) if m.is_dir() => walk(&e.path()),
                     Ok(m) => m.len(),
