@@ -1,0 +1,590 @@
+//! The operator against a real kube-apiserver: CRDs from `crds/`, controllers running
+//! in-process (one operator per test, watching only the test's namespace), real server-side
+//! apply, status subresources, finalizers and owner references. No kubelet runs, so pods never
+//! start and a BinaryCache never becomes Ready; the tests check what the control plane shows.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use garret::token::{SigningKey, Verifier};
+use garret_e2e::{install_crd, wait_for, ControlPlane, Identity, Options};
+use garret_operator::controller::{self, Settings};
+use garret_operator::types::{BinaryCache, CacheToken};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+const OPERATOR_USER: &str = "system:serviceaccount:garret-system:garret-operator";
+
+async fn cp() -> &'static ControlPlane {
+    let options =
+        Options::new().identity(Identity::new(OPERATOR_USER).group("system:serviceaccounts"));
+    ControlPlane::shared(options).await.expect("control plane")
+}
+
+/// Install the committed CRDs (idempotent; every test calls it).
+async fn install_crds(client: &Client) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    for file in [
+        "binarycaches.garret.dev.yaml",
+        "cachetokens.garret.dev.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("read CRD file");
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parse CRD");
+        install_crd(client, &crd, T).await.expect("install CRD");
+    }
+}
+
+/// The operator's controllers for one namespace; stopped when dropped.
+struct Operator(tokio::task::JoinHandle<()>);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn start_operator(client: Client, ns: &str) -> Operator {
+    let settings = Settings {
+        namespace: Some(ns.to_string()),
+        // Smaller than production keys: debug-build RSA generation is slow, the code path
+        // is the same.
+        rsa_bits: 2048,
+        resync: Duration::from_secs(300),
+    };
+    Operator(tokio::spawn(controller::run(client, settings)))
+}
+
+async fn apply_json<K>(api: &Api<K>, name: &str, value: serde_json::Value) -> K
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-user").force(),
+        &Patch::Apply(value),
+    )
+    .await
+    .expect("apply")
+}
+
+fn binary_cache(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "garret.dev/v1alpha1", "kind": "BinaryCache", "metadata": {"name": name}, "spec": spec})
+}
+
+fn cache_token(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "garret.dev/v1alpha1", "kind": "CacheToken", "metadata": {"name": name}, "spec": spec})
+}
+
+fn condition<'a>(
+    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conds.iter().find(|c| c.type_ == t)
+}
+
+/// Wait until status reflects the current generation, then return the object.
+async fn observed(api: &Api<BinaryCache>, name: &str) -> BinaryCache {
+    wait_for(
+        T,
+        "BinaryCache status for the current generation",
+        || async {
+            let bc = api.get(name).await?;
+            let done = bc.status.as_ref().and_then(|s| s.observed_generation)
+                == bc.metadata.generation
+                && bc
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| condition(&s.conditions, "Ready").is_some());
+            Ok(done.then_some(bc))
+        },
+    )
+    .await
+    .expect("status observed")
+}
+
+fn data_str(secret: &Secret, key: &str) -> String {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .expect("secret key present");
+    String::from_utf8(bytes.0.clone()).expect("utf-8")
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, owner: &impl Resource) -> bool {
+    meta.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|r| Some(&r.uid) == owner.meta().uid.as_ref() && r.controller == Some(true))
+    })
+}
+
+#[tokio::test]
+async fn binary_cache_gets_children_status_and_keys() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace("op-bc").await.expect("namespace");
+    let _op = start_operator(client.clone(), &ns);
+    let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
+
+    apply_json(
+        &caches,
+        "main",
+        binary_cache(
+            "main",
+            json!({
+                "caches": [{"name": "team"}, {"name": "oss", "public": true, "priority": 30}],
+                "ingress": {"host": "cache.example.org", "className": "nginx"},
+                "resources": {"requests": {"memory": "256Mi"}}
+            }),
+        ),
+    )
+    .await;
+    let bc = observed(&caches, "main").await;
+    let status = bc.status.clone().expect("status");
+
+    // No kubelet: the Deployment exists but nothing is available, so not Ready.
+    let ready = condition(&status.conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "WaitingForReplicas")
+    );
+    assert_eq!(
+        condition(&status.conditions, "Progressing").map(|c| c.status.as_str()),
+        Some("True")
+    );
+    assert_eq!(
+        condition(&status.conditions, "Degraded").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("http://cache.example.org/")
+    );
+    assert!(bc.finalizers().iter().any(|f| f == "garret.dev/reclaim"));
+
+    // Config: garretd's own parser accepts it, with both caches and their key files.
+    let cm: ConfigMap = Api::namespaced(client.clone(), &ns)
+        .get("main-config")
+        .await
+        .expect("ConfigMap");
+    assert!(owned_by(&cm.metadata, &bc));
+    let toml = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("server.toml"))
+        .expect("server.toml");
+    let cfg = garret::config::Config::from_toml(toml, &Default::default(), vec![])
+        .expect("garretd accepts the config");
+    let names: Vec<_> = cfg.caches.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["team", "oss"]);
+
+    // Keys: the token key parses; each cache has a keypair whose public half is in status.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let token_key = secrets
+        .get("main-token-key")
+        .await
+        .expect("token key Secret");
+    assert!(
+        token_key.metadata.owner_references.is_none(),
+        "kept per reclaimPolicy, not owned"
+    );
+    SigningKey::from_rs256_secret_base64(&data_str(&token_key, "token-rs256-secret-base64"))
+        .expect("RS256 key");
+    let cache_keys = secrets
+        .get("main-cache-keys")
+        .await
+        .expect("cache keys Secret");
+    let team_key =
+        garret::nix::signing::Keypair::parse(&data_str(&cache_keys, "team")).expect("keypair");
+    let public: BTreeMap<_, _> = status
+        .caches
+        .iter()
+        .map(|c| (c.name.clone(), c.public_key.clone()))
+        .collect();
+    assert_eq!(
+        public.get("team"),
+        Some(&team_key.public_key().to_canonical_string())
+    );
+    assert!(public.contains_key("oss"));
+
+    // Workload and exposure.
+    let d: Deployment = Api::namespaced(client.clone(), &ns)
+        .get("main")
+        .await
+        .expect("Deployment");
+    assert!(owned_by(&d.metadata, &bc));
+    let pod = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem),
+        Some(true)
+    );
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.as_deref()),
+        Some("/readyz")
+    );
+    let env = c.env.clone().unwrap_or_default();
+    let key_ref = env
+        .iter()
+        .find(|e| e.name == "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("token key from Secret");
+    assert_eq!(key_ref.name, "main-token-key");
+    let svc: Service = Api::namespaced(client.clone(), &ns)
+        .get("main")
+        .await
+        .expect("Service");
+    assert!(owned_by(&svc.metadata, &bc));
+    let ing: Ingress = Api::namespaced(client.clone(), &ns)
+        .get("main")
+        .await
+        .expect("Ingress");
+    assert!(owned_by(&ing.metadata, &bc));
+    assert_eq!(
+        ing.annotations()
+            .get("nginx.ingress.kubernetes.io/proxy-body-size")
+            .map(String::as_str),
+        Some("0")
+    );
+    let pvc: PersistentVolumeClaim = Api::namespaced(client.clone(), &ns)
+        .get("main-data")
+        .await
+        .expect("PVC");
+    assert!(pvc.metadata.owner_references.is_none());
+
+    // An Event marks the first transition.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    wait_for(T, "KeyGenerated event", || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("KeyGenerated"))
+            .then_some(()))
+    })
+    .await
+    .expect("event");
+
+    // A spec change: one more cache, no ingress. Existing keys stay, the new one is added,
+    // the Ingress goes away.
+    apply_json(
+        &caches,
+        "main",
+        binary_cache("main", json!({"caches": [{"name": "team"}, {"name": "oss", "public": true}, {"name": "extra"}]})),
+    )
+    .await;
+    let bc2 = observed(&caches, "main").await;
+    assert!(bc2.metadata.generation > bc.metadata.generation);
+    let cache_keys = secrets
+        .get("main-cache-keys")
+        .await
+        .expect("cache keys Secret");
+    assert_eq!(
+        data_str(&cache_keys, "team"),
+        team_key.to_canonical_string(),
+        "existing key kept"
+    );
+    assert!(cache_keys
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key("extra")));
+    assert_eq!(bc2.status.expect("status").caches.len(), 3);
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    wait_for(T, "Ingress removed", || async {
+        Ok(ingresses.get_opt("main").await?.is_none().then_some(()))
+    })
+    .await
+    .expect("ingress deleted");
+}
+
+#[tokio::test]
+async fn invalid_spec_is_degraded_without_children() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace("op-invalid").await.expect("namespace");
+    let _op = start_operator(client.clone(), &ns);
+    let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
+    apply_json(&caches, "bad", binary_cache("bad", json!({"replicas": 2}))).await;
+    let bc = observed(&caches, "bad").await;
+    let conds = bc.status.expect("status").conditions;
+    let degraded = condition(&conds, "Degraded").expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        degraded.message.contains("more than one replica"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        condition(&conds, "Ready").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client, &ns);
+    assert!(deployments.get_opt("bad").await.expect("get").is_none());
+}
+
+/// The current token of a CacheToken, once its status reaches `min_revision`.
+async fn token_at(
+    tokens: &Api<CacheToken>,
+    secrets: &Api<Secret>,
+    name: &str,
+    min_revision: i64,
+) -> (CacheToken, String) {
+    let ct = wait_for(
+        T,
+        &format!("CacheToken {name} revision {min_revision}"),
+        || async {
+            let ct = tokens.get(name).await?;
+            let rev = ct.status.as_ref().and_then(|s| s.revision).unwrap_or(0);
+            let ready = ct.status.as_ref().is_some_and(|s| {
+                condition(&s.conditions, "Ready").is_some_and(|c| c.status == "True")
+                    && s.observed_generation == ct.metadata.generation
+            });
+            Ok((rev >= min_revision && ready).then_some(ct))
+        },
+    )
+    .await
+    .expect("token issued");
+    let secret = secrets
+        .get(&ct.spec.secret_name)
+        .await
+        .expect("token Secret");
+    (ct, data_str(&secret, "token"))
+}
+
+#[tokio::test]
+async fn cache_token_is_minted_verifiable_and_reissued() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace("op-token").await.expect("namespace");
+    let _op = start_operator(client.clone(), &ns);
+    let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
+    let tokens: Api<CacheToken> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+
+    apply_json(
+        &caches,
+        "main",
+        binary_cache("main", json!({"caches": [{"name": "team-ci"}]})),
+    )
+    .await;
+    apply_json(
+        &tokens,
+        "ci",
+        cache_token(
+            "ci",
+            json!({
+                "binaryCacheRef": {"name": "main"},
+                "subject": "ci-runner",
+                "validity": "30d",
+                "permissions": {"pull": ["team-ci", "team-*"], "push": ["team-ci"]},
+                "secretName": "ci-token"
+            }),
+        ),
+    )
+    .await;
+
+    let (ct, token) = token_at(&tokens, &secrets, "ci", 1).await;
+    let key_secret = secrets.get("main-token-key").await.expect("token key");
+    let key =
+        SigningKey::from_rs256_secret_base64(&data_str(&key_secret, "token-rs256-secret-base64"))
+            .expect("key");
+    let verifier = Verifier::new(key, None, None).expect("verifier");
+    let claims = verifier
+        .verify(&token, garret::token::unix_now())
+        .expect("garret accepts the token");
+    assert_eq!(claims.sub.as_deref(), Some("ci-runner"));
+    let ci = claims.permission_for("team-ci");
+    assert!(ci.pull && ci.push && !ci.delete);
+    let other = claims.permission_for("team-web");
+    assert!(other.pull && !other.push);
+    assert!(!claims.permission_for("private").pull);
+
+    let status = ct.status.clone().expect("status");
+    assert_eq!(status.revision, Some(1));
+    assert_eq!(status.token_id, claims.jti);
+    let (nbf, exp) = (claims.nbf.expect("nbf"), claims.exp.expect("exp"));
+    assert_eq!(exp - nbf, 30 * 86400);
+    assert_eq!(status.not_before.map(|t| t.0.as_second()), Some(nbf));
+    assert_eq!(status.not_after.map(|t| t.0.as_second()), Some(exp));
+    assert_eq!(
+        status.renewal_time.map(|t| t.0.as_second()),
+        Some(nbf + 20 * 86400)
+    );
+    let secret = secrets.get("ci-token").await.expect("token Secret");
+    assert!(owned_by(&secret.metadata, &ct));
+
+    // A permission change reissues.
+    apply_json(
+        &tokens,
+        "ci",
+        cache_token(
+            "ci",
+            json!({
+                "binaryCacheRef": {"name": "main"},
+                "subject": "ci-runner",
+                "validity": "30d",
+                "permissions": {"pull": ["team-ci", "team-*"], "push": ["team-ci"], "delete": ["team-ci"]},
+                "secretName": "ci-token"
+            }),
+        ),
+    )
+    .await;
+    let (_, token2) = token_at(&tokens, &secrets, "ci", 2).await;
+    let claims2 = verifier
+        .verify(&token2, garret::token::unix_now())
+        .expect("valid");
+    assert!(claims2.permission_for("team-ci").delete);
+    assert_ne!(claims2.jti, claims.jti);
+
+    // A corrupted Secret is repaired with a new token.
+    secrets
+        .patch(
+            "ci-token",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"token": "Z2FyYmFnZQ=="}})),
+        )
+        .await
+        .expect("corrupt the Secret");
+    let (_, token3) = token_at(&tokens, &secrets, "ci", 3).await;
+    let claims3 = verifier
+        .verify(&token3, garret::token::unix_now())
+        .expect("valid again");
+    assert_ne!(claims3.jti, claims2.jti);
+}
+
+#[tokio::test]
+async fn short_lived_token_is_renewed_before_expiry() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace("op-renew").await.expect("namespace");
+    let _op = start_operator(client.clone(), &ns);
+    let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
+    let tokens: Api<CacheToken> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    apply_json(&caches, "main", binary_cache("main", json!({}))).await;
+    apply_json(
+        &tokens,
+        "short",
+        cache_token(
+            "short",
+            json!({
+                "binaryCacheRef": {"name": "main"},
+                "subject": "short",
+                "validity": "9s",
+                "permissions": {"pull": ["*"]},
+                "secretName": "short-token"
+            }),
+        ),
+    )
+    .await;
+    let (first, _) = token_at(&tokens, &secrets, "short", 1).await;
+    let first = first.status.expect("status");
+    let (second, _) = token_at(&tokens, &secrets, "short", 2).await;
+    let second = second.status.expect("status");
+    assert_ne!(second.token_id, first.token_id);
+    let first_exp = first.not_after.expect("notAfter").0.as_second();
+    let second_nbf = second.not_before.expect("notBefore").0.as_second();
+    // Renewed at two thirds of the lifetime, i.e. before the first token expired.
+    assert!(
+        second_nbf < first_exp,
+        "renewed at {second_nbf}, first expired at {first_exp}"
+    );
+    assert!(second_nbf >= first.renewal_time.expect("renewalTime").0.as_second());
+}
+
+#[tokio::test]
+async fn deleting_a_binary_cache_runs_the_reclaim_finalizer() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace("op-delete").await.expect("namespace");
+    let _op = start_operator(client.clone(), &ns);
+    let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+
+    for (name, policy) in [("gone", "Delete"), ("kept", "Retain")] {
+        apply_json(
+            &caches,
+            name,
+            binary_cache(
+                name,
+                json!({"reclaimPolicy": policy, "caches": [{"name": "c"}]}),
+            ),
+        )
+        .await;
+        observed(&caches, name).await;
+        caches
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in ["gone", "kept"] {
+        wait_for(T, &format!("BinaryCache {name} deleted"), || async {
+            Ok(caches.get_opt(name).await?.is_none().then_some(()))
+        })
+        .await
+        .expect("finalizer released");
+    }
+    // The PVC is deleted, but kube-apiserver's pvc-protection finalizer keeps it visible
+    // until a controller-manager (absent here) releases it.
+    let gone = pvcs.get_opt("gone-data").await.expect("get");
+    assert!(gone.is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
+    let kept = pvcs
+        .get_opt("kept-data")
+        .await
+        .expect("get")
+        .expect("kept PVC");
+    assert!(kept.metadata.deletion_timestamp.is_none());
+    assert!(secrets
+        .get_opt("gone-token-key")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(secrets
+        .get_opt("gone-cache-keys")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(secrets
+        .get_opt("kept-token-key")
+        .await
+        .expect("get")
+        .is_some());
+    assert!(secrets
+        .get_opt("kept-cache-keys")
+        .await
+        .expect("get")
+        .is_some());
+}

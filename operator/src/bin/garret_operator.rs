@@ -1,0 +1,28 @@
+//! `garret-operator`: runs the BinaryCache and CacheToken controllers against the cluster
+//! from the in-cluster service account or the local kubeconfig.
+
+use garret_operator::controller::{self, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .json()
+        .init();
+    let client = kube::Client::try_default().await?;
+    let settings = Settings {
+        namespace: std::env::var("WATCH_NAMESPACE")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        ..Settings::default()
+    };
+    tracing::info!(?settings, "starting garret-operator");
+    tokio::select! {
+        _ = controller::run(client, settings) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The ConfigMap holding garretd's `server.toml`, in Attic's key names plus Garret's
+//! `[[caches]]`. Secrets never go in here: they arrive as environment variables and files.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use sha2::{Digest, Sha256};
+use toml::{Table, Value};
+
+use super::{child_meta, Names, CACHE_KEYS_DIR, DATA_DIR, HTTP_PORT};
+use crate::types::BinaryCache;
+use crate::{Error, Result};
+
+/// The URL clients reach the server at: the Ingress host when exposed, else the Service.
+pub fn endpoint(bc: &BinaryCache) -> String {
+    match &bc.spec.ingress {
+        Some(i) => {
+            let scheme = if i.tls_secret_name.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}/", i.host)
+        }
+        None => format!(
+            "http://{}.{}.svc/",
+            Names(&bc.metadata.name.clone().unwrap_or_default()).workload(),
+            bc.metadata.namespace.clone().unwrap_or_default()
+        ),
+    }
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::String(v.into())
+}
+
+/// Settings that need a restart to change (listen, storage, database, GC); the caches part
+/// is re-read by garretd while running, so it is kept apart for the restart hash.
+fn server_table(bc: &BinaryCache) -> Table {
+    let spec = &bc.spec;
+    let mut t = Table::new();
+    t.insert("listen".into(), s(format!("[::]:{HTTP_PORT}")));
+    t.insert("api-endpoint".into(), s(endpoint(bc)));
+
+    if spec.database.postgres.is_none() {
+        let mut db = Table::new();
+        db.insert(
+            "url".into(),
+            s(format!("sqlite://{DATA_DIR}/server.db?mode=rwc")),
+        );
+        t.insert("database".into(), Value::Table(db));
+    }
+    // With PostgreSQL the URL comes from ATTIC_SERVER_DATABASE_URL (a Secret), not this file.
+
+    let mut storage = Table::new();
+    match &spec.storage.s3 {
+        Some(s3) => {
+            storage.insert("type".into(), s("s3"));
+            storage.insert("bucket".into(), s(&s3.bucket));
+            storage.insert("region".into(), s(&s3.region));
+            if let Some(e) = &s3.endpoint {
+                storage.insert("endpoint".into(), s(e));
+            }
+        }
+        None => {
+            storage.insert("type".into(), s("local"));
+            storage.insert("path".into(), s(format!("{DATA_DIR}/storage")));
+        }
+    }
+    t.insert("storage".into(), Value::Table(storage));
+
+    let gc = &spec.garbage_collection;
+    let mut gct = Table::new();
+    if let Some(i) = &gc.interval {
+        gct.insert("interval".into(), s(i));
+    }
+    if let Some(r) = &gc.default_retention_period {
+        gct.insert("default-retention-period".into(), s(r));
+    }
+    if !gct.is_empty() {
+        t.insert("garbage-collection".into(), Value::Table(gct));
+    }
+    t
+}
+
+fn caches_table(bc: &BinaryCache) -> Table {
+    let caches: Vec<Value> = bc
+        .spec
+        .caches
+        .iter()
+        .map(|c| {
+            let mut t = Table::new();
+            t.insert("name".into(), s(&c.name));
+            t.insert("public".into(), Value::Boolean(c.public));
+            if let Some(p) = c.priority {
+                t.insert("priority".into(), Value::Integer(p.into()));
+            }
+            if let Some(r) = &c.retention_period {
+                t.insert("retention-period".into(), s(r));
+            }
+            if let Some(u) = &c.upstream_cache_key_names {
+                t.insert(
+                    "upstream-cache-key-names".into(),
+                    Value::Array(u.iter().map(s).collect()),
+                );
+            }
+            t.insert(
+                "signing-key-file".into(),
+                s(format!("{CACHE_KEYS_DIR}/{}", c.name)),
+            );
+            Value::Table(t)
+        })
+        .collect();
+    let mut t = Table::new();
+    if !caches.is_empty() {
+        t.insert("caches".into(), Value::Array(caches));
+    }
+    t
+}
+
+fn render(t: &Table) -> Result<String> {
+    toml::to_string(t).map_err(|e| Error::Serialize(format!("server.toml: {e}")))
+}
+
+/// The full server.toml text.
+pub fn server_toml(bc: &BinaryCache) -> Result<String> {
+    let mut all = server_table(bc);
+    all.extend(caches_table(bc));
+    render(&all)
+}
+
+/// Hash of the settings garretd reads only at start; put on the pod template so changing
+/// them rolls the pods, while cache declarations apply live.
+pub fn restart_hash(bc: &BinaryCache) -> Result<String> {
+    let text = render(&server_table(bc))?;
+    Ok(hex::encode(&Sha256::digest(text.as_bytes())[..8]))
+}
+
+/// The ConfigMap, owned by the BinaryCache.
+pub fn config_map(bc: &BinaryCache) -> Result<ConfigMap> {
+    Ok(ConfigMap {
+        metadata: child_meta(
+            bc,
+            Names(&bc.metadata.name.clone().unwrap_or_default()).config(),
+            true,
+        )?,
+        data: Some(BTreeMap::from([(
+            "server.toml".to_string(),
+            server_toml(bc)?,
+        )])),
+        ..ConfigMap::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::*;
+    use garret::config::{Config, ConfigSource, StorageConfig};
+
+    /// garretd's own parser is the judge of what the operator writes.
+    fn parse(text: &str) -> Config {
+        Config::from_toml(text, &ConfigSource::default(), vec![])
+            .expect("garretd accepts the config")
+    }
+
+    #[test]
+    fn minimal_config_is_sqlite_and_local_with_declared_caches() {
+        let bc = binary_cache(MINIMAL);
+        let cfg = parse(&server_toml(&bc).expect("render"));
+        assert_eq!(
+            cfg.database_url(),
+            "sqlite:///var/lib/garret/server.db?mode=rwc"
+        );
+        assert!(
+            matches!(cfg.storage, Some(StorageConfig::Local { ref path }) if path.to_str() == Some("/var/lib/garret/storage"))
+        );
+        assert_eq!(cfg.api_endpoint.as_deref(), Some("http://main.ns.svc/"));
+        assert_eq!(cfg.listen, "[::]:8080");
+        assert_eq!(cfg.caches.len(), 2);
+        let team = &cfg.caches[0];
+        assert_eq!(
+            (team.name.as_str(), team.public, team.priority),
+            ("team", false, 41)
+        );
+        assert_eq!(
+            team.upstream_cache_key_names,
+            vec!["cache.nixos.org-1".to_string()]
+        );
+        assert_eq!(
+            team.signing_key_file.as_deref().and_then(|p| p.to_str()),
+            Some("/run/garret/cache-keys/team")
+        );
+        let public = &cfg.caches[1];
+        assert!(public.public);
+        assert_eq!(public.priority, 30);
+        assert_eq!(
+            public.retention_period,
+            Some(std::time::Duration::from_secs(30 * 86400))
+        );
+        assert!(public.upstream_cache_key_names.is_empty());
+    }
+
+    #[test]
+    fn full_config_is_s3_with_gc_and_https_endpoint() {
+        let bc = binary_cache(FULL);
+        let text = server_toml(&bc).expect("render");
+        assert!(
+            !text.contains("[database]"),
+            "the URL comes from the Secret: {text}"
+        );
+        let cfg = parse(&text);
+        match cfg.storage {
+            Some(StorageConfig::S3(s3)) => {
+                assert_eq!(s3.bucket, "nars");
+                assert_eq!(s3.region, "eu-west-1");
+                assert_eq!(s3.endpoint.as_deref(), Some("https://s3.example.org"));
+                assert!(
+                    s3.credentials.is_none(),
+                    "credentials come from the environment"
+                );
+            }
+            other => panic!("expected s3, got {other:?}"),
+        }
+        assert_eq!(
+            cfg.api_endpoint.as_deref(),
+            Some("https://cache.example.org/")
+        );
+        assert_eq!(
+            cfg.garbage_collection.interval,
+            std::time::Duration::from_secs(6 * 3600)
+        );
+        assert_eq!(
+            cfg.garbage_collection.default_retention_period,
+            std::time::Duration::from_secs(90 * 86400)
+        );
+    }
+
+    #[test]
+    fn restart_hash_ignores_caches_but_not_storage() {
+        let a = binary_cache(MINIMAL);
+        let mut b = a.clone();
+        b.spec.caches.pop();
+        assert_eq!(
+            restart_hash(&a).expect("hash"),
+            restart_hash(&b).expect("hash")
+        );
+        b.spec.garbage_collection.interval = Some("1 hour".into());
+        assert_ne!(
+            restart_hash(&a).expect("hash"),
+            restart_hash(&b).expect("hash")
+        );
+    }
+
+    #[test]
+    fn config_map_is_owned() {
+        let cm = config_map(&binary_cache(MINIMAL)).expect("cm");
+        assert_eq!(cm.metadata.name.as_deref(), Some("main-config"));
+        assert_eq!(cm.metadata.owner_references.map(|r| r.len()), Some(1));
+        assert!(cm.data.is_some_and(|d| d.contains_key("server.toml")));
+    }
+}

@@ -1,0 +1,197 @@
+//! The two controllers and what they share: the API client, the Event recorder, error
+//! back-off and the server-side-apply helper. Everything here talks to the API server; the
+//! decisions it acts on come from `build` and `renewal`.
+
+pub mod binary_cache;
+pub mod cache_token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{Error, Result, FIELD_MANAGER};
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch one namespace only; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// RSA size of generated token-signing keys (Attic generates 4096).
+    pub rsa_bits: usize,
+    /// Re-check everything this often even without changes, to undo drift.
+    pub resync: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            namespace: None,
+            rsa_bits: 4096,
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared by every reconcile of one controller.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Api for `K` in the object's namespace.
+    pub fn api<K>(&self, ns: &str) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// Publish an Event about `obj`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, ev: Event) {
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason = %ev.reason, "publishing event failed");
+        }
+    }
+
+    fn note_failure(&self, key: String) -> u32 {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn note_success(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// Exponential back-off after `failures` consecutive failures: 5 s, 10 s, 20 s … capped at
+/// 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exp).min(300))
+}
+
+fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    )
+}
+
+/// Requeue after an error with per-object back-off.
+pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let n = ctx.note_failure(key_of(obj.as_ref()));
+    let delay = backoff(n);
+    tracing::warn!(object = %key_of(obj.as_ref()), %error, failures = n, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Now, as a Kubernetes timestamp.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Server-side apply `obj` (forced: the operator owns these fields).
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = obj.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("applying {} {name}", K::kind(&())), e))
+}
+
+/// Delete if present.
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting {name}"), e)),
+    }
+}
+
+/// Get, with `None` for 404.
+pub async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading {name}"), e))
+}
+
+/// Run both controllers until the stream ends (shutdown signal or watch failure).
+pub async fn run(client: Client, settings: Settings) {
+    let bc = binary_cache::controller(client.clone(), settings.clone());
+    let ct = cache_token::controller(client, settings);
+    futures::join!(bc, ct);
+}
+
+/// Drain a controller stream, logging each outcome.
+async fn drain<S, T, E>(stream: S)
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    T: std::fmt::Debug,
+    E: std::fmt::Display,
+{
+    stream
+        .for_each(|r| async move {
+            match r {
+                Ok(o) => tracing::debug!(?o, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(50), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,217 @@
+//! `BinaryCache`: one `garretd` deployment with its storage, database, declared caches and
+//! exposure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{conditions_schema, SecretKeyRef, SecretRef};
+
+/// Image used when the spec names none: the server release matching this operator.
+pub fn default_image() -> String {
+    format!("ghcr.io/garret-dev/garretd:{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// Desired state of a Garret binary cache server.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "garret.dev",
+    version = "v1alpha1",
+    kind = "BinaryCache",
+    namespaced,
+    status = "BinaryCacheStatus",
+    shortname = "bc",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BinaryCacheSpec {
+    /// Container image of garretd.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Pod replicas. More than one needs S3 storage and PostgreSQL (a volume is ReadWriteOnce).
+    #[serde(default = "one")]
+    pub replicas: i32,
+    /// Where chunks live. Default: a 10Gi PersistentVolumeClaim.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Where metadata lives. Default: SQLite on the data volume.
+    #[serde(default)]
+    pub database: DatabaseSpec,
+    /// Caches declared in server.toml; garretd creates and updates them without a restart.
+    #[serde(default)]
+    pub caches: Vec<CacheSpec>,
+    /// Expose the server through an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// Container resource requests and limits (quantities such as `500m`, `1Gi`).
+    #[serde(default)]
+    pub resources: Resources,
+    /// Garbage collection settings (`[garbage-collection]`).
+    #[serde(default)]
+    pub garbage_collection: GcSpec,
+    /// What happens to the data volume and the generated keys when this object is deleted.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+/// `Retain` keeps the PVC and key Secrets (the cache can be recreated with its data and
+/// signatures); `Delete` removes them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ReclaimPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// Chunk storage: a volume (default) or S3. Setting `s3` moves chunks to the bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// The data volume (chunks when `s3` is unset, and the SQLite file when no PostgreSQL).
+    #[serde(default)]
+    pub volume: VolumeSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
+}
+
+/// PersistentVolumeClaim settings of the data volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    /// Requested size, e.g. `50Gi`.
+    #[serde(default = "default_size")]
+    pub size: String,
+    /// Storage class; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_size() -> String {
+    "10Gi".into()
+}
+
+impl Default for VolumeSpec {
+    fn default() -> Self {
+        VolumeSpec {
+            size: default_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// An S3 bucket for chunks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    pub bucket: String,
+    pub region: String,
+    /// Endpoint for S3-compatible stores (MinIO, R2, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// A Secret with keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`; unset = ambient
+    /// credentials (e.g. IRSA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+/// Metadata database: embedded SQLite unless `postgres` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// A Secret key holding a `postgres://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<SecretKeyRef>,
+}
+
+/// One declared cache (`[[caches]]` in server.toml).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    pub name: String,
+    /// Readable without a token.
+    #[serde(default)]
+    pub public: bool,
+    /// Substituter priority; garretd's default (41) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// e.g. `30 days`; the global default when unset, `0` keeps forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_period: Option<String>,
+    /// Paths signed by these keys are not stored; garretd's default (cache.nixos.org-1) when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_cache_key_names: Option<Vec<String>>,
+}
+
+/// Ingress exposure. The rendered annotations raise body size and timeouts for Nix
+/// uploads (see `build::ingress` for the controllers covered).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// TLS certificate Secret; the endpoint is `https://` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Extra annotations; they override the rendered defaults.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Container resources as quantity strings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+/// `[garbage-collection]` settings; garretd's defaults where unset.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcSpec {
+    /// How often GC runs, e.g. `12 hours`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Retention for caches that set none, e.g. `90 days`; `0` keeps forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_retention_period: Option<String>,
+}
+
+/// Observed state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BinaryCacheStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Base URL clients use (the Ingress host, else the in-cluster Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Public signing key per declared cache, for `trusted-public-keys`.
+    #[serde(default)]
+    pub caches: Vec<CacheStatus>,
+}
+
+/// A declared cache as clients need to know it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStatus {
+    pub name: String,
+    /// `name:base64`, ready for nix.conf.
+    pub public_key: String,
+}
