@@ -14,7 +14,9 @@ use crate::token::Verifier;
 
 pub async fn open_storage(cfg: &Config) -> anyhow::Result<DynStorage> {
     match cfg.storage.as_ref().context("no [storage] configured")? {
-        StorageConfig::Local { path } => Ok(Arc::new(LocalStorage::open(path)?)),
+        StorageConfig::Local { path, direct_io } => {
+            Ok(Arc::new(LocalStorage::open(path, *direct_io)?))
+        }
         StorageConfig::S3(s3) => Ok(Arc::new(
             crate::storage::S3Storage::new(s3).context("configuring S3 storage")?,
         )),

@@ -137,9 +137,12 @@ async fn storage_contract(s: &dyn Storage) {
 
 #[tokio::test]
 async fn local_storage_contract() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let s = LocalStorage::open(dir.path()).expect("open");
-    storage_contract(&s).await;
+    // direct I/O where the filesystem takes it, and the buffered fallback
+    for direct_io in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStorage::open(dir.path(), direct_io).expect("open");
+        storage_contract(&s).await;
+    }
 }
 
 #[tokio::test]

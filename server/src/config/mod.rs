@@ -106,8 +106,18 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum StorageConfig {
-    Local { path: PathBuf },
+    Local {
+        path: PathBuf,
+        /// Write packs with `O_DIRECT` where the filesystem allows (Garret's addition;
+        /// `false` keeps every write in the page cache).
+        #[serde(default = "default_direct_io", rename = "direct-io")]
+        direct_io: bool,
+    },
     S3(S3Config),
+}
+
+fn default_direct_io() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +323,7 @@ impl Config {
             if cfg.storage.is_none() {
                 cfg.storage = Some(StorageConfig::Local {
                     path: dir.join("storage"),
+                    direct_io: default_direct_io(),
                 });
             }
         }
@@ -397,11 +408,28 @@ mod tests {
     }
 
     #[test]
+    fn direct_io_can_be_turned_off() {
+        let c = Config::from_toml(
+            "[storage]\ntype = \"local\"\npath = \"/s\"\ndirect-io = false\n",
+            &src("/d"),
+            vec![],
+        )
+        .unwrap();
+        assert!(matches!(
+            c.storage,
+            Some(StorageConfig::Local {
+                direct_io: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn data_dir_alone_gives_sqlite_and_local_storage() {
         let c = Config::from_toml("", &src("/d"), vec![]).unwrap();
         assert_eq!(c.database_url(), "sqlite:///d/server.db?mode=rwc");
         assert!(
-            matches!(c.storage, Some(StorageConfig::Local { ref path }) if path == Path::new("/d/storage"))
+            matches!(c.storage, Some(StorageConfig::Local { ref path, direct_io: true }) if path == Path::new("/d/storage"))
         );
         assert_eq!(c.chunking.avg_size, 65536);
         assert!(c.require_proof_of_possession);

@@ -1,6 +1,7 @@
 //! Blobs as files under a directory: `<root>/<k0>/<k0k1>/<key>`. Each is written under a
 //! temporary name in `<root>/.incoming` and renamed into place, so a crash never leaves a
-//! half-written pack under its real name; leftovers of a crash are swept at start.
+//! half-written pack under its real name; leftovers of a crash are swept at start. Writes
+//! bypass the page cache where the filesystem allows (`super::direct`).
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -17,10 +18,14 @@ const STALE_TEMP: Duration = Duration::from_secs(3600);
 pub struct LocalStorage {
     root: PathBuf,
     incoming: PathBuf,
+    /// Whether the filesystem takes `O_DIRECT` writes (see `direct`).
+    direct: bool,
 }
 
 impl LocalStorage {
-    pub fn open(root: &Path) -> StorageResult<LocalStorage> {
+    /// Opens (creating) the directory; `direct_io` asks for `O_DIRECT` writes, used only if
+    /// the filesystem takes them.
+    pub fn open(root: &Path, direct_io: bool) -> StorageResult<LocalStorage> {
         let incoming = root.join(".incoming");
         std::fs::create_dir_all(&incoming).map_err(|source| StorageError::Io {
             key: incoming.display().to_string(),
@@ -33,9 +38,12 @@ impl LocalStorage {
                 "removed temporary files left by an interrupted write"
             );
         }
+        let direct = direct_io && super::direct::supported(&incoming);
+        tracing::debug!(direct, "local storage opened");
         Ok(LocalStorage {
             root: root.to_path_buf(),
             incoming,
+            direct,
         })
     }
 
@@ -82,11 +90,17 @@ impl Storage for LocalStorage {
         let path = self.path_of(key)?;
         let key = key.to_string();
         let incoming = self.incoming.clone();
+        let direct = self.direct;
         tokio::task::spawn_blocking(move || {
             let dir = path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(io(&key))?;
             let tmp = incoming.join(format!("{}.tmp", uuid::Uuid::new_v4()));
-            let res = std::fs::write(&tmp, &data).and_then(|_| std::fs::rename(&tmp, &path));
+            let written = if direct {
+                super::direct::write(&tmp, &data)
+            } else {
+                std::fs::write(&tmp, &data)
+            };
+            let res = written.and_then(|_| std::fs::rename(&tmp, &path));
             if res.is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -142,7 +156,7 @@ mod tests {
     #[tokio::test]
     async fn put_get_delete_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let s = LocalStorage::open(dir.path()).unwrap();
+        let s = LocalStorage::open(dir.path(), true).unwrap();
         s.put("abc.chunk", Bytes::from_static(b"hello"))
             .await
             .unwrap();
@@ -177,7 +191,7 @@ mod tests {
     #[tokio::test]
     async fn writes_leave_no_temporary_files() {
         let dir = tempfile::tempdir().unwrap();
-        let s = LocalStorage::open(dir.path()).unwrap();
+        let s = LocalStorage::open(dir.path(), true).unwrap();
         s.put("abc.pack", Bytes::from_static(b"x")).await.unwrap();
         s.check().await.unwrap();
         assert_eq!(
@@ -191,7 +205,7 @@ mod tests {
     #[tokio::test]
     async fn traversal_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let s = LocalStorage::open(dir.path()).unwrap();
+        let s = LocalStorage::open(dir.path(), true).unwrap();
         for key in ["../x", "a/b", "", ".hidden", "x\0y"] {
             assert!(
                 matches!(s.put(key, Bytes::new()).await, Err(StorageError::BadKey(_))),
