@@ -588,3 +588,168 @@ async fn deleting_a_binary_cache_runs_the_reclaim_finalizer() {
         .expect("get")
         .is_some());
 }
+
+/// `helm template` of the operator chart, as release `garret-operator` in `namespace`.
+fn render_chart(namespace: &str) -> String {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/garret-operator");
+    let helm = garret_e2e::testbin_dir().expect("testbin dir").join("helm");
+    let out = std::process::Command::new(&helm)
+        .args(["template", "garret-operator"])
+        .arg(&chart)
+        .args(["--namespace", namespace, "--include-crds"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", helm.display()));
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The documents of a rendered chart whose kind is in `kinds`, as a YAML stream.
+fn documents_of_kind(yaml: &str, kinds: &[&str]) -> String {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(yaml).expect("parse chart output");
+    docs.into_iter()
+        .filter(|d| d["kind"].as_str().is_some_and(|k| kinds.contains(&k)))
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+#[tokio::test]
+async fn chart_renders_and_passes_server_side_dry_run() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace("op-chart").await.expect("namespace");
+    let rendered = render_chart(&ns);
+    let kinds: Vec<String> = serde_saphyr::from_multiple::<serde_json::Value>(&rendered)
+        .expect("parse")
+        .iter()
+        .filter_map(|d| d["kind"].as_str().map(str::to_string))
+        .collect();
+    for kind in [
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} missing from {kinds:?}"
+        );
+    }
+    let applied = garret_e2e::apply_yaml(
+        &client,
+        &rendered,
+        &garret_e2e::ApplyYaml {
+            namespace: &ns,
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("server-side dry run accepts the chart");
+    assert_eq!(applied.len(), kinds.len());
+    let deployment = applied
+        .iter()
+        .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "Deployment"))
+        .expect("Deployment");
+    let pod = &deployment.data["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], json!(true));
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn operator_does_its_job_with_only_its_cluster_role() {
+    let cp = cp().await;
+    let admin = cp.admin_client().await.expect("client");
+    install_crds(&admin).await;
+    // The chart's RBAC, bound to the ServiceAccount whose identity the operator client uses.
+    let rbac = documents_of_kind(
+        &render_chart("garret-system"),
+        &["ClusterRole", "ClusterRoleBinding"],
+    );
+    garret_e2e::apply_yaml(
+        &admin,
+        &rbac,
+        &garret_e2e::ApplyYaml {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("apply chart RBAC");
+
+    let ns = cp.create_namespace("op-rbac").await.expect("namespace");
+    let op_client = cp.client_for(OPERATOR_USER).await.expect("operator client");
+    // Least privilege: nothing outside its job, e.g. no Pods.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(op_client.clone(), &ns);
+    let denied = pods
+        .list(&ListParams::default())
+        .await
+        .expect_err("no access to Pods");
+    assert!(
+        matches!(denied, kube::Error::Api(ref s) if s.code == 403),
+        "{denied}"
+    );
+
+    let _op = start_operator(op_client, &ns);
+    let caches: Api<BinaryCache> = Api::namespaced(admin.clone(), &ns);
+    let tokens: Api<CacheToken> = Api::namespaced(admin.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    apply_json(
+        &caches,
+        "main",
+        binary_cache("main", json!({"reclaimPolicy": "Delete", "caches": [{"name": "c"}], "ingress": {"host": "c.example.org"}})),
+    )
+    .await;
+    apply_json(
+        &tokens,
+        "t",
+        cache_token("t", json!({"binaryCacheRef": {"name": "main"}, "subject": "s", "permissions": {"pull": ["c"]}, "secretName": "t-token"})),
+    )
+    .await;
+    let bc = observed(&caches, "main").await;
+    assert_eq!(
+        bc.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "Degraded"))
+            .map(|c| c.status.as_str()),
+        Some("False"),
+        "{:?}",
+        bc.status
+    );
+    let _ = token_at(&tokens, &secrets, "t", 1).await;
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+    wait_for(T, "events written by the operator", || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Issued"))
+            .then_some(()))
+    })
+    .await
+    .expect("Issued event");
+    caches
+        .delete("main", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(T, "finalizer ran", || async {
+        Ok(caches.get_opt("main").await?.is_none().then_some(()))
+    })
+    .await
+    .expect("deleted");
+    assert!(secrets
+        .get_opt("main-token-key")
+        .await
+        .expect("get")
+        .is_none());
+}

@@ -1,5 +1,6 @@
 //! Prints the CRDs as one multi-document YAML stream; with a directory argument, writes one
-//! file per CRD there instead (`cargo run -p garret-operator --bin crdgen -- crds`).
+//! file per CRD there instead (`cargo run -p garret-operator --bin crdgen -- crds`, and again
+//! with `charts/garret-operator/crds`).
 
 fn main() -> anyhow::Result<()> {
     let crds = garret_operator::crd_yaml()?;

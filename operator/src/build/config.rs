@@ -173,7 +173,7 @@ mod tests {
             "sqlite:///var/lib/garret/server.db?mode=rwc"
         );
         assert!(
-            matches!(cfg.storage, Some(StorageConfig::Local { ref path }) if path.to_str() == Some("/var/lib/garret/storage"))
+            matches!(cfg.storage, Some(StorageConfig::Local { ref path, .. }) if path.to_str() == Some("/var/lib/garret/storage"))
         );
         assert_eq!(cfg.api_endpoint.as_deref(), Some("http://main.ns.svc/"));
         assert_eq!(cfg.listen, "[::]:8080");
