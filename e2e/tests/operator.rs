@@ -480,6 +480,33 @@ async fn cache_token_is_minted_verifiable_and_reissued() {
         .verify(&token3, garret::token::unix_now())
         .expect("valid again");
     assert_ne!(claims3.jti, claims2.jti);
+
+    // The netrc follows the BinaryCache's endpoint without a new token.
+    let secret = secrets.get("ci-token").await.expect("token Secret");
+    assert_eq!(
+        data_str(&secret, "netrc"),
+        format!("machine main.{ns}.svc password {token3}\n")
+    );
+    apply_json(
+        &caches,
+        "main",
+        binary_cache(
+            "main",
+            json!({"caches": [{"name": "team-ci"}], "ingress": {"host": "cache.example.org", "tlsSecretName": "tls"}}),
+        ),
+    )
+    .await;
+    let moved = wait_for(T, "token Secret follows the endpoint", || async {
+        let s = secrets.get("ci-token").await?;
+        Ok((data_str(&s, "endpoint") == "https://cache.example.org/").then_some(s))
+    })
+    .await
+    .expect("endpoint updated");
+    assert_eq!(
+        data_str(&moved, "netrc"),
+        format!("machine cache.example.org password {token3}\n")
+    );
+    assert_eq!(data_str(&moved, "token"), token3);
 }
 
 #[tokio::test]

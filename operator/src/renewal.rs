@@ -183,12 +183,28 @@ pub fn decide(
     })
 }
 
-/// The data of the token Secret.
-pub fn secret_data(token: &str) -> BTreeMap<String, ByteString> {
-    BTreeMap::from([(
-        TOKEN_FIELD.to_string(),
-        ByteString(token.as_bytes().to_vec()),
-    )])
+/// The data of the token Secret: the JWT, the server URL, and a netrc line (Nix reads private
+/// caches with the token as the netrc password).
+pub fn secret_data(token: &str, endpoint: &str) -> BTreeMap<String, ByteString> {
+    let netrc = format!("machine {} password {token}\n", host_of(endpoint));
+    BTreeMap::from([
+        (
+            TOKEN_FIELD.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        ),
+        (
+            "endpoint".to_string(),
+            ByteString(endpoint.as_bytes().to_vec()),
+        ),
+        ("netrc".to_string(), ByteString(netrc.into_bytes())),
+    ])
+}
+
+/// The host of a URL such as `https://cache.example.org:8443/`, without port or path.
+pub fn host_of(endpoint: &str) -> &str {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.split(':').next().unwrap_or(authority)
 }
 
 #[cfg(test)]
@@ -240,7 +256,7 @@ mod tests {
                 )])),
                 ..ObjectMeta::default()
             },
-            data: Some(secret_data(&token)),
+            data: Some(secret_data(&token, "http://main.ns.svc/")),
             ..Secret::default()
         }
     }
@@ -315,7 +331,7 @@ mod tests {
         );
 
         let mut corrupt = fresh.clone();
-        corrupt.data = Some(secret_data("not.a.jwt"));
+        corrupt.data = Some(secret_data("not.a.jwt", "http://main.ns.svc/"));
         assert!(matches!(
             decide(&s, Some(&corrupt), &v, NOW).expect("decide"),
             Decision::Issue(Reason::SecretInvalid(_))
@@ -332,6 +348,20 @@ mod tests {
             decide(&s, Some(&fresh), &other, NOW).expect("decide"),
             Decision::Issue(Reason::SecretInvalid(_))
         ));
+    }
+
+    #[test]
+    fn secret_carries_netrc_for_the_host() {
+        let data = secret_data("T", "https://cache.example.org:8443/x");
+        assert_eq!(
+            data["netrc"].0,
+            b"machine cache.example.org password T\n".to_vec()
+        );
+        assert_eq!(
+            data["endpoint"].0,
+            b"https://cache.example.org:8443/x".to_vec()
+        );
+        assert_eq!(host_of("http://main.ns.svc/"), "main.ns.svc");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -29,18 +30,75 @@ pub const REVISION_ANNOTATION: &str = "garret.dev/revision";
 
 /// The CacheToken controller, watching the Secrets it writes.
 pub async fn controller(client: Client, settings: Settings) {
-    let (tokens, secrets): (Api<CacheToken>, Api<Secret>) = match &settings.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (tokens, secrets, caches): (Api<CacheToken>, Api<Secret>, Api<BinaryCache>) =
+        match &settings.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
     let ctx = Arc::new(Context::new(client, settings));
-    let stream = Controller::new(tokens, watcher::Config::default())
+    let controller = Controller::new(tokens, watcher::Config::default());
+    let store = controller.store();
+    // A BinaryCache's status changes once its signing key exists (and whenever it is
+    // re-keyed): wake the tokens that reference it instead of waiting for back-off.
+    let stream = controller
         .owns(secrets, watcher::Config::default())
+        .watches(caches, watcher::Config::default(), move |bc| {
+            tokens_referencing(&store.state(), &bc)
+        })
         .run(reconcile, error_policy, ctx);
     drain(stream).await;
+}
+
+/// The token Secret, owned by the CacheToken; its annotations record what was issued.
+fn token_secret(
+    ct: &CacheToken,
+    ns: &str,
+    token: &str,
+    endpoint: &str,
+    jti: &str,
+    revision: i64,
+) -> Result<Secret> {
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(ct.spec.secret_name.clone()),
+            namespace: Some(ns.to_string()),
+            owner_references: Some(vec![build::owner_ref(ct)?]),
+            annotations: Some(BTreeMap::from([
+                (
+                    SPEC_HASH_ANNOTATION.to_string(),
+                    renewal::spec_hash(&ct.spec),
+                ),
+                (TOKEN_ID_ANNOTATION.to_string(), jti.to_string()),
+                (REVISION_ANNOTATION.to_string(), revision.to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        data: Some(renewal::secret_data(token, endpoint)),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    })
+}
+
+/// The CacheTokens among `tokens` that name `bc` as their BinaryCache.
+pub fn tokens_referencing(
+    tokens: &[Arc<CacheToken>],
+    bc: &BinaryCache,
+) -> Vec<ObjectRef<CacheToken>> {
+    tokens
+        .iter()
+        .filter(|t| {
+            t.namespace() == bc.namespace() && t.spec.binary_cache_ref.name == bc.name_any()
+        })
+        .map(|t| ObjectRef::from(t.as_ref()))
+        .collect()
 }
 
 fn time(unix: i64) -> Option<Time> {
@@ -93,11 +151,10 @@ async fn issue(ct: &CacheToken, ctx: &Context) -> Result<Action> {
 
     let bc_name = &spec.binary_cache_ref.name;
     let caches: Api<BinaryCache> = ctx.api(&ns);
-    if get_opt(&caches, bc_name).await?.is_none() {
-        return Err(Error::Dependency(format!(
-            "BinaryCache {bc_name} not found"
-        )));
-    }
+    let bc = get_opt(&caches, bc_name)
+        .await?
+        .ok_or_else(|| Error::Dependency(format!("BinaryCache {bc_name} not found")))?;
+    let endpoint = build::config::endpoint(&bc);
     let secrets: Api<Secret> = ctx.api(&ns);
     let key_name = Names(bc_name).token_key();
     let key_secret = get_opt(&secrets, &key_name).await?.ok_or_else(|| {
@@ -136,13 +193,29 @@ async fn issue(ct: &CacheToken, ctx: &Context) -> Result<Action> {
     let status_revision = ct.status.as_ref().and_then(|s| s.revision).unwrap_or(0);
     let revision = issued_revision.unwrap_or(status_revision);
     let issued = match renewal::decide(spec, current.as_ref(), &verifier, unix_now)? {
-        Decision::Keep { claims, renew_at } => Issued {
-            nbf: claims.nbf.unwrap_or(unix_now),
-            exp: claims.exp.unwrap_or(unix_now),
-            renew_at,
-            revision,
-            jti: claims.jti.clone(),
-        },
+        Decision::Keep { claims, renew_at } => {
+            // The token stands, but the endpoint (and so netrc) may have moved.
+            if let Some(current) = &current {
+                let token = current
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(renewal::TOKEN_FIELD))
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    .unwrap_or_default();
+                if current.data.as_ref() != Some(&renewal::secret_data(&token, &endpoint)) {
+                    let jti = claims.jti.clone().unwrap_or_default();
+                    let secret = token_secret(ct, &ns, &token, &endpoint, &jti, revision)?;
+                    apply(&secrets, &secret).await?;
+                }
+            }
+            Issued {
+                nbf: claims.nbf.unwrap_or(unix_now),
+                exp: claims.exp.unwrap_or(unix_now),
+                renew_at,
+                revision,
+                jti: claims.jti.clone(),
+            }
+        }
         Decision::Issue(reason) => {
             let jti = garret::token::new_jti();
             let claims = request
@@ -156,22 +229,7 @@ async fn issue(ct: &CacheToken, ctx: &Context) -> Result<Action> {
                 source,
             })?;
             let revision = revision.max(status_revision) + 1;
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(spec.secret_name.clone()),
-                    namespace: Some(ns.clone()),
-                    owner_references: Some(vec![build::owner_ref(ct)?]),
-                    annotations: Some(BTreeMap::from([
-                        (SPEC_HASH_ANNOTATION.to_string(), renewal::spec_hash(spec)),
-                        (TOKEN_ID_ANNOTATION.to_string(), jti.clone()),
-                        (REVISION_ANNOTATION.to_string(), revision.to_string()),
-                    ])),
-                    ..ObjectMeta::default()
-                },
-                data: Some(renewal::secret_data(&token)),
-                type_: Some("Opaque".into()),
-                ..Secret::default()
-            };
+            let secret = token_secret(ct, &ns, &token, &endpoint, &jti, revision)?;
             apply(&secrets, &secret).await?;
             let exp = claims.exp.unwrap_or(unix_now);
             ctx.event(
@@ -252,4 +310,38 @@ async fn write_status(
     .await
     .map_err(|e| Error::kube("writing CacheToken status", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(ns: &str, name: &str, cache: &str) -> Arc<CacheToken> {
+        let t: CacheToken = serde_json::from_value(json!({
+            "apiVersion": "garret.dev/v1alpha1", "kind": "CacheToken",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"binaryCacheRef": {"name": cache}, "subject": "s", "secretName": name}
+        }))
+        .expect("token");
+        Arc::new(t)
+    }
+
+    #[test]
+    fn binary_cache_changes_wake_only_its_tokens() {
+        let bc: BinaryCache = serde_json::from_value(json!({
+            "apiVersion": "garret.dev/v1alpha1", "kind": "BinaryCache",
+            "metadata": {"name": "main", "namespace": "a"}, "spec": {}
+        }))
+        .expect("bc");
+        let tokens = [
+            token("a", "one", "main"),
+            token("a", "two", "other"),
+            token("b", "three", "main"),
+        ];
+        let woken: Vec<String> = tokens_referencing(&tokens, &bc)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(woken, ["one"]);
+    }
 }
