@@ -528,7 +528,7 @@ async fn short_lived_token_is_renewed_before_expiry() {
             json!({
                 "binaryCacheRef": {"name": "main"},
                 "subject": "short",
-                "validity": "9s",
+                "validity": "30s",
                 "permissions": {"pull": ["*"]},
                 "secretName": "short-token"
             }),
@@ -542,12 +542,20 @@ async fn short_lived_token_is_renewed_before_expiry() {
     assert_ne!(second.token_id, first.token_id);
     let first_exp = first.not_after.expect("notAfter").0.as_second();
     let second_nbf = second.not_before.expect("notBefore").0.as_second();
+    let first_nbf = first.not_before.clone().expect("notBefore").0.as_second();
+    let first_renewal = first
+        .renewal_time
+        .clone()
+        .expect("renewalTime")
+        .0
+        .as_second();
+    assert_eq!(first_renewal - first_nbf, 20, "two thirds of 30s");
     // Renewed at two thirds of the lifetime, i.e. before the first token expired.
     assert!(
         second_nbf < first_exp,
         "renewed at {second_nbf}, first expired at {first_exp}"
     );
-    assert!(second_nbf >= first.renewal_time.expect("renewalTime").0.as_second());
+    assert!(second_nbf >= first_renewal);
 }
 
 #[tokio::test]
@@ -779,4 +787,53 @@ async fn operator_does_its_job_with_only_its_cluster_role() {
         .await
         .expect("get")
         .is_none());
+}
+
+#[tokio::test]
+async fn cache_token_refuses_to_take_over_a_foreign_secret() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace("op-conflict").await.expect("namespace");
+    let _op = start_operator(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    apply_json(
+        &secrets,
+        "precious",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "precious"}, "stringData": {"token": "mine"}}),
+    )
+    .await;
+    let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
+    let tokens: Api<CacheToken> = Api::namespaced(client.clone(), &ns);
+    apply_json(&caches, "main", binary_cache("main", json!({}))).await;
+    apply_json(
+        &tokens,
+        "t",
+        cache_token(
+            "t",
+            json!({"binaryCacheRef": {"name": "main"}, "subject": "s", "secretName": "precious"}),
+        ),
+    )
+    .await;
+    let ready = wait_for(T, "CacheToken reports the conflict", || async {
+        let ct = tokens.get("t").await?;
+        let c = ct
+            .status
+            .and_then(|s| condition(&s.conditions, "Ready").cloned());
+        Ok(c.filter(|c| c.reason == "InvalidSpec"))
+    })
+    .await
+    .expect("conflict reported");
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("not owned by this CacheToken"),
+        "{}",
+        ready.message
+    );
+    let secret = secrets.get("precious").await.expect("Secret");
+    assert_eq!(
+        data_str(&secret, "token"),
+        "mine",
+        "the foreign Secret is untouched"
+    );
 }
