@@ -14,7 +14,9 @@ use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::{apply, delete_if_present, drain, error_policy, get_opt, now, Context, Settings};
+use super::{
+    apply, children_only, delete_if_present, drain, error_policy, get_opt, now, Context, Settings,
+};
 use crate::build::{self, Names};
 use crate::condition::{self, Wanted};
 use crate::types::{BinaryCache, BinaryCacheStatus, CacheStatus, ReclaimPolicy};
@@ -49,9 +51,9 @@ pub async fn controller(client: Client, settings: Settings) {
     let (caches, deployments, config_maps, services) = api(&client);
     let ctx = Arc::new(Context::new(client, settings));
     let stream = Controller::new(caches, watcher::Config::default())
-        .owns(deployments, watcher::Config::default())
-        .owns(config_maps, watcher::Config::default())
-        .owns(services, watcher::Config::default())
+        .owns(deployments, children_only())
+        .owns(config_maps, children_only())
+        .owns(services, children_only())
         .run(reconcile, error_policy, ctx);
     drain(stream).await;
 }

@@ -16,7 +16,9 @@ use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::{apply, drain, error_policy, get_opt, now, Context, Settings};
+use super::{
+    apply, children_only, drain, error_policy, get_opt, now, Context, Settings, MANAGED_BY,
+};
 use crate::build::{self, Names};
 use crate::condition::{self, Wanted};
 use crate::renewal::{self, Decision, SPEC_HASH_ANNOTATION};
@@ -49,7 +51,7 @@ pub async fn controller(client: Client, settings: Settings) {
     // A BinaryCache's status changes once its signing key exists (and whenever it is
     // re-keyed): wake the tokens that reference it instead of waiting for back-off.
     let stream = controller
-        .owns(secrets, watcher::Config::default())
+        .owns(secrets, children_only())
         .watches(caches, watcher::Config::default(), move |bc| {
             tokens_referencing(&store.state(), &bc)
         })
@@ -71,6 +73,10 @@ fn token_secret(
             name: Some(ct.spec.secret_name.clone()),
             namespace: Some(ns.to_string()),
             owner_references: Some(vec![build::owner_ref(ct)?]),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_string(),
+                MANAGED_BY.1.to_string(),
+            )])),
             annotations: Some(BTreeMap::from([
                 (
                     SPEC_HASH_ANNOTATION.to_string(),

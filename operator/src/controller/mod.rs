@@ -108,6 +108,14 @@ fn key_of<K: Resource>(obj: &K) -> String {
     )
 }
 
+/// Label every object the operator writes carries.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", FIELD_MANAGER);
+
+/// Watch only objects the operator wrote, so it does not cache every Secret in the cluster.
+pub fn children_only() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+}
+
 /// Requeue after an error with per-object back-off.
 pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let n = ctx.note_failure(key_of(obj.as_ref()));
