@@ -837,3 +837,46 @@ async fn cache_token_refuses_to_take_over_a_foreign_secret() {
         "the foreign Secret is untouched"
     );
 }
+
+#[tokio::test]
+async fn cache_token_waits_for_its_binary_cache() {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace("op-wait").await.expect("namespace");
+    let _op = start_operator(client.clone(), &ns);
+    let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
+    let tokens: Api<CacheToken> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    apply_json(
+        &tokens,
+        "early",
+        cache_token("early", json!({"binaryCacheRef": {"name": "later"}, "subject": "s", "secretName": "early-token"})),
+    )
+    .await;
+    let issuing = wait_for(T, "CacheToken waiting for its BinaryCache", || async {
+        let ct = tokens.get("early").await?;
+        Ok(ct
+            .status
+            .and_then(|s| condition(&s.conditions, "Issuing").cloned()))
+    })
+    .await
+    .expect("Issuing condition");
+    assert_eq!(
+        (issuing.status.as_str(), issuing.reason.as_str()),
+        ("True", "DependencyNotReady")
+    );
+    assert!(
+        issuing.message.contains("BinaryCache later not found"),
+        "{}",
+        issuing.message
+    );
+    assert!(secrets.get_opt("early-token").await.expect("get").is_none());
+    apply_json(&caches, "later", binary_cache("later", json!({}))).await;
+    let (ct, _) = token_at(&tokens, &secrets, "early", 1).await;
+    let conds = ct.status.expect("status").conditions;
+    assert_eq!(
+        condition(&conds, "Issuing").map(|c| c.status.as_str()),
+        Some("False")
+    );
+}

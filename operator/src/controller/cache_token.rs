@@ -122,10 +122,7 @@ pub async fn reconcile(ct: Arc<CacheToken>, ctx: Arc<Context>) -> Result<Action>
             Ok(action)
         }
         Err(e) => {
-            let wanted = [
-                Wanted::new("Ready", false, e.reason(), e.to_string()),
-                Wanted::new("Issuing", false, e.reason(), e.to_string()),
-            ];
+            let wanted = failure_conditions(&e);
             if let Err(status_err) = write_status(&ct, &ctx, &wanted, None).await {
                 tracing::warn!(error = %status_err, "could not record failure in status");
             }
@@ -136,6 +133,16 @@ pub async fn reconcile(ct: Arc<CacheToken>, ctx: Arc<Context>) -> Result<Action>
             }
         }
     }
+}
+
+/// Conditions after a failed reconcile. `Issuing` stays True while the operator keeps trying
+/// (a missing BinaryCache or key, an API error); a spec error stops issuing until it changes.
+pub fn failure_conditions(e: &Error) -> [Wanted; 2] {
+    let retrying = !matches!(e, Error::InvalidSpec(_));
+    [
+        Wanted::new("Ready", false, e.reason(), e.to_string()),
+        Wanted::new("Issuing", retrying, e.reason(), e.to_string()),
+    ]
 }
 
 /// What the status should say about the current token.
@@ -330,6 +337,15 @@ mod tests {
         }))
         .expect("token");
         Arc::new(t)
+    }
+
+    #[test]
+    fn issuing_while_retrying_not_on_spec_errors() {
+        let waiting = failure_conditions(&Error::Dependency("BinaryCache main not found".into()));
+        assert!(!waiting[0].status && waiting[1].status);
+        assert_eq!(waiting[1].reason, "DependencyNotReady");
+        let invalid = failure_conditions(&Error::InvalidSpec("validity: bad".into()));
+        assert!(!invalid[0].status && !invalid[1].status);
     }
 
     #[test]
