@@ -145,10 +145,10 @@ async fn expired_objects_go_and_shared_chunks_stay() {
     assert_eq!(g.chunk_files(), files_after);
 }
 
-/// Chunks of one upload batch share a pack: GC must keep the pack while any of its chunks
-/// is live, and delete it with the last one.
-#[tokio::test]
-async fn a_pack_lives_as_long_as_any_of_its_chunks() {
+/// A server with caches `first` and `second`, NAR `a` uploaded to the first and `b` to the
+/// second; both start with the same `head` bytes, then `a` has `a_tail` bytes of its own
+/// and `b` 1 MiB of its own. Returns (server, client, admin token, b).
+async fn two_nars_sharing_a_head(head: usize, a_tail: usize) -> (Garretd, Api, String, Vec<u8>) {
     let g = Garretd::start_with(Some(CONFIG), &[]);
     let api = g.client();
     let admin = g.admin_token();
@@ -158,9 +158,8 @@ async fn a_pack_lives_as_long_as_any_of_its_chunks() {
             StatusCode::OK
         );
     }
-    // `b` shares the first 1.5 MiB of `a` (those chunks sit in a's packs), then differs.
-    let head = noise(31, 3 << 19);
-    let a = nar_of_file(&[&head[..], &noise(32, 1 << 20)[..]].concat());
+    let head = noise(31, head);
+    let a = nar_of_file(&[&head[..], &noise(32, a_tail)[..]].concat());
     let b = nar_of_file(&[&head[..], &noise(33, 1 << 20)[..]].concat());
     for (cache, name, nar) in [("first", "a", &a), ("second", "b", &b)] {
         let r = api
@@ -172,6 +171,15 @@ async fn a_pack_lives_as_long_as_any_of_its_chunks() {
             .await;
         assert_eq!(r.status(), StatusCode::OK);
     }
+    (g, api, admin, b)
+}
+
+/// Chunks of one upload batch share a pack: GC must keep the pack while any of its chunks
+/// is live, and delete it with the last one.
+#[tokio::test]
+async fn a_pack_lives_as_long_as_any_of_its_chunks() {
+    // `b` shares the first 1.5 MiB of `a` (those chunks sit in a's packs), then differs.
+    let (g, api, admin, b) = two_nars_sharing_a_head(3 << 19, 1 << 20).await;
     let shared_packs = g.sql(
         "SELECT COUNT(DISTINCT c.storage_key) FROM chunks c
          WHERE EXISTS (SELECT 1 FROM chunkrefs r JOIN nars n ON n.id = r.nar_id
@@ -229,29 +237,8 @@ async fn a_pack_lives_as_long_as_any_of_its_chunks() {
 /// goes one run later (downloads that looked up the old location had time to finish).
 #[tokio::test]
 async fn a_mostly_dead_pack_is_compacted() {
-    let g = Garretd::start_with(Some(CONFIG), &[]);
-    let api = g.client();
-    let admin = g.admin_token();
-    for c in ["first", "second"] {
-        assert_eq!(
-            api.create_cache(&admin, c, false).await.status(),
-            StatusCode::OK
-        );
-    }
     // a's first pack holds 0.5 MiB that b shares and 1.5 MiB only a uses
-    let head = noise(41, 1 << 19);
-    let a = nar_of_file(&[&head[..], &noise(42, 2 << 20)[..]].concat());
-    let b = nar_of_file(&[&head[..], &noise(43, 1 << 20)[..]].concat());
-    for (cache, name, nar) in [("first", "a", &a), ("second", "b", &b)] {
-        let r = api
-            .upload(
-                Some(&admin),
-                &upload_info(cache, name, nar, &[]),
-                nar.clone(),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::OK);
-    }
+    let (g, api, admin, b) = two_nars_sharing_a_head(1 << 19, 2 << 20).await;
     let r = api
         .req(Method::DELETE, "_api/v1/cache-config/first", Some(&admin))
         .send()

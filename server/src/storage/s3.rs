@@ -121,6 +121,17 @@ fn credentials_from_env() -> anyhow::Result<Credentials> {
 /// missing object → `NotFound`; unreachable, timed out or 5xx → 503 `Unavailable`;
 /// anything else (403, missing bucket, …) → an internal error with the reason. A missing
 /// bucket is deliberately not `NotFound`: it is a misconfiguration, not a lost chunk.
+/// Reads a whole response body. A body cut off mid-way is the network's fault, not the
+/// object's.
+async fn collect(key: &str, body: aws_sdk_s3::primitives::ByteStream) -> StorageResult<Bytes> {
+    let body = body.collect().await.map_err(|e| {
+        let detail = DisplayErrorContext(&e).to_string();
+        tracing::warn!(key, error = %detail, "S3 body read failed: storage unavailable");
+        StorageError::Unavailable(detail)
+    })?;
+    Ok(body.into_bytes())
+}
+
 fn classify<E, R>(key: &str, err: SdkError<E, R>) -> StorageError
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
@@ -189,13 +200,7 @@ impl Storage for S3Storage {
             .send()
             .await
             .map_err(|e| classify(key, e))?;
-        // A body cut off mid-way is the network's fault, not the object's.
-        let body = out.body.collect().await.map_err(|e| {
-            let detail = DisplayErrorContext(&e).to_string();
-            tracing::warn!(key, error = %detail, "S3 body read failed: storage unavailable");
-            StorageError::Unavailable(detail)
-        })?;
-        Ok(body.into_bytes())
+        collect(key, out.body).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> StorageResult<Bytes> {
@@ -212,12 +217,7 @@ impl Storage for S3Storage {
             .send()
             .await
             .map_err(|e| classify(key, e))?;
-        let body = out.body.collect().await.map_err(|e| {
-            let detail = DisplayErrorContext(&e).to_string();
-            tracing::warn!(key, error = %detail, "S3 body read failed: storage unavailable");
-            StorageError::Unavailable(detail)
-        })?;
-        let body = body.into_bytes();
+        let body = collect(key, out.body).await?;
         // A range past the end comes back short (or as 416): never hand out a partial chunk.
         if body.len() as u64 != len {
             return Err(StorageError::Io {
