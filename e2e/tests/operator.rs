@@ -51,6 +51,17 @@ impl Drop for Operator {
     }
 }
 
+/// A fresh namespace on the shared control plane (CRDs installed) with its own operator
+/// watching it: (admin client, namespace, operator; dropping it stops the operator).
+async fn operator_in_namespace(prefix: &str) -> (Client, String, Operator) {
+    let cp = cp().await;
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns = cp.create_namespace(prefix).await.expect("namespace");
+    let op = start_operator(client.clone(), &ns);
+    (client, ns, op)
+}
+
 fn start_operator(client: Client, ns: &str) -> Operator {
     let settings = Settings {
         namespace: Some(ns.to_string()),
@@ -128,11 +139,7 @@ fn owned_by(meta: &kube::api::ObjectMeta, owner: &impl Resource) -> bool {
 
 #[tokio::test]
 async fn binary_cache_gets_children_status_and_keys() {
-    let cp = cp().await;
-    let client = cp.admin_client().await.expect("client");
-    install_crds(&client).await;
-    let ns = cp.create_namespace("op-bc").await.expect("namespace");
-    let _op = start_operator(client.clone(), &ns);
+    let (client, ns, _op) = operator_in_namespace("op-bc").await;
     let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
 
     apply_json(
@@ -324,11 +331,7 @@ async fn binary_cache_gets_children_status_and_keys() {
 
 #[tokio::test]
 async fn invalid_spec_is_degraded_without_children() {
-    let cp = cp().await;
-    let client = cp.admin_client().await.expect("client");
-    install_crds(&client).await;
-    let ns = cp.create_namespace("op-invalid").await.expect("namespace");
-    let _op = start_operator(client.clone(), &ns);
+    let (client, ns, _op) = operator_in_namespace("op-invalid").await;
     let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
     apply_json(&caches, "bad", binary_cache("bad", json!({"replicas": 2}))).await;
     let bc = observed(&caches, "bad").await;
@@ -382,11 +385,7 @@ async fn token_at(
 
 #[tokio::test]
 async fn cache_token_is_minted_verifiable_and_reissued() {
-    let cp = cp().await;
-    let client = cp.admin_client().await.expect("client");
-    install_crds(&client).await;
-    let ns = cp.create_namespace("op-token").await.expect("namespace");
-    let _op = start_operator(client.clone(), &ns);
+    let (client, ns, _op) = operator_in_namespace("op-token").await;
     let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
     let tokens: Api<CacheToken> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -511,11 +510,7 @@ async fn cache_token_is_minted_verifiable_and_reissued() {
 
 #[tokio::test]
 async fn short_lived_token_is_renewed_before_expiry() {
-    let cp = cp().await;
-    let client = cp.admin_client().await.expect("client");
-    install_crds(&client).await;
-    let ns = cp.create_namespace("op-renew").await.expect("namespace");
-    let _op = start_operator(client.clone(), &ns);
+    let (client, ns, _op) = operator_in_namespace("op-renew").await;
     let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
     let tokens: Api<CacheToken> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -560,11 +555,7 @@ async fn short_lived_token_is_renewed_before_expiry() {
 
 #[tokio::test]
 async fn deleting_a_binary_cache_runs_the_reclaim_finalizer() {
-    let cp = cp().await;
-    let client = cp.admin_client().await.expect("client");
-    install_crds(&client).await;
-    let ns = cp.create_namespace("op-delete").await.expect("namespace");
-    let _op = start_operator(client.clone(), &ns);
+    let (client, ns, _op) = operator_in_namespace("op-delete").await;
     let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
@@ -791,11 +782,7 @@ async fn operator_does_its_job_with_only_its_cluster_role() {
 
 #[tokio::test]
 async fn cache_token_refuses_to_take_over_a_foreign_secret() {
-    let cp = cp().await;
-    let client = cp.admin_client().await.expect("client");
-    install_crds(&client).await;
-    let ns = cp.create_namespace("op-conflict").await.expect("namespace");
-    let _op = start_operator(client.clone(), &ns);
+    let (client, ns, _op) = operator_in_namespace("op-conflict").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     apply_json(
         &secrets,
@@ -840,11 +827,7 @@ async fn cache_token_refuses_to_take_over_a_foreign_secret() {
 
 #[tokio::test]
 async fn cache_token_waits_for_its_binary_cache() {
-    let cp = cp().await;
-    let client = cp.admin_client().await.expect("client");
-    install_crds(&client).await;
-    let ns = cp.create_namespace("op-wait").await.expect("namespace");
-    let _op = start_operator(client.clone(), &ns);
+    let (client, ns, _op) = operator_in_namespace("op-wait").await;
     let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
     let tokens: Api<CacheToken> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
