@@ -40,13 +40,7 @@ async fn cache_lifecycle() {
     let r = api.create_cache(&admin, "team", false).await;
     expect_error(r, StatusCode::BAD_REQUEST, "CacheAlreadyExists").await;
 
-    let cfg = json(
-        api.req(Method::GET, "_api/v1/cache-config/team", Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let cfg = api.cache_config(Some(&admin), "team").await.1;
     assert_eq!(cfg["is_public"], false);
     assert_eq!(cfg["priority"], 41);
     assert_eq!(cfg["store_dir"], "/nix/store");
@@ -71,19 +65,10 @@ async fn cache_lifecycle() {
     assert_eq!(alias, cfg);
 
     let r = api
-        .req(Method::PATCH, "_api/v1/cache-config/team", Some(&admin))
-        .json(&serde_json::json!({"is_public": true, "priority": 30, "retention_period": {"Period": 3600}}))
-        .send()
-        .await
-        .unwrap();
+        .patch_config(&admin, "team", serde_json::json!({"is_public": true, "priority": 30, "retention_period": {"Period": 3600}}))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
-    let cfg = json(
-        api.req(Method::GET, "_api/v1/cache-config/team", None)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let cfg = api.cache_config(None, "team").await.1;
     assert_eq!(cfg["is_public"], true);
     assert_eq!(cfg["priority"], 30);
     assert_eq!(cfg["retention_period"]["Period"], 3600);
@@ -102,30 +87,18 @@ async fn cache_lifecycle() {
     );
 
     let r = api
-        .req(Method::PATCH, "_api/v1/cache-config/team", Some(&admin))
-        .json(&serde_json::json!({"keypair": "Generate"}))
-        .send()
-        .await
-        .unwrap();
+        .patch_config(&admin, "team", serde_json::json!({"keypair": "Generate"}))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
-    let cfg2 = json(
-        api.req(Method::GET, "_api/v1/cache-config/team", None)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let cfg2 = api.cache_config(None, "team").await.1;
     assert_ne!(
         cfg2["public_key"], cfg["public_key"],
         "regenerating the keypair changes the key"
     );
 
     let r = api
-        .req(Method::PATCH, "_api/v1/cache-config/team", Some(&admin))
-        .json(&serde_json::json!({"public_key": "ignored"}))
-        .send()
-        .await
-        .unwrap();
+        .patch_config(&admin, "team", serde_json::json!({"public_key": "ignored"}))
+        .await;
     expect_error(r, StatusCode::BAD_REQUEST, "RequestError").await;
 
     let r = api
@@ -213,13 +186,7 @@ async fn upload_serve_and_deduplicate() {
     assert_eq!(ni["NarHash"], top["nar_hash"].as_str().unwrap());
     assert_eq!(ni["NarSize"], big.len().to_string());
     assert_eq!(ni["References"], dep_base);
-    let cfg = json(
-        api.req(Method::GET, "_api/v1/cache-config/one", Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let cfg = api.cache_config(Some(&admin), "one").await.1;
     let pk = garret::nix::signing::PublicKey::parse(cfg["public_key"].as_str().unwrap()).unwrap();
     let fp = garret::nix::signing::fingerprint(
         &ni["StorePath"],

@@ -12,15 +12,12 @@ const CONFIG: &str = "[garbage-collection]\ninterval = 0\norphan-grace-period = 
 
 async fn set_retention(api: &Api, token: &str, cache: &str, secs: u32) {
     let r = api
-        .req(
-            Method::PATCH,
-            &format!("_api/v1/cache-config/{cache}"),
-            Some(token),
+        .patch_config(
+            token,
+            cache,
+            serde_json::json!({"retention_period": {"Period": secs}}),
         )
-        .json(&serde_json::json!({"retention_period": {"Period": secs}}))
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 }
 

@@ -352,6 +352,24 @@ impl Api {
         (status, r.json().await.unwrap_or_default())
     }
 
+    /// PATCH cache-config with a JSON body.
+    pub async fn patch_config(
+        &self,
+        token: &str,
+        cache: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.req(
+            reqwest::Method::PATCH,
+            &format!("_api/v1/cache-config/{cache}"),
+            Some(token),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+    }
+
     /// The cache's public signing key, as `nix.conf` wants it.
     pub async fn public_key(&self, token: Option<&str>, cache: &str) -> String {
         let (status, cfg) = self.cache_config(token, cache).await;
