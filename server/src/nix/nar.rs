@@ -783,6 +783,27 @@ mod tests {
         check(&nar(&link(&t)), true);
     }
 
+    /// A directory holding one empty file `a`, token by token.
+    const DIR_WITH_FILE: [&[u8]; 17] = [
+        MAGIC,
+        b"(",
+        b"type",
+        b"directory",
+        b"entry",
+        b"(",
+        b"name",
+        b"a",
+        b"node",
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+        b"",
+        b")",
+        b")",
+        b")",
+    ];
+
     #[test]
     fn wrong_keywords() {
         for toks in [
@@ -792,91 +813,19 @@ mod tests {
             &[MAGIC, b"(", b"type", b"regular", b"contents", b"", b"]"],
             &[MAGIC, b"(", b"type", b"directory", b"file", b")"],
             &[
-                MAGIC,
-                b"(",
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"nom",
-                b"a",
-                b"node",
-                b"(",
-                b"type",
-                b"regular",
-                b"contents",
-                b"",
-                b")",
-                b")",
-                b")",
-            ],
-            &[
-                MAGIC,
-                b"(",
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"name",
-                b"a",
-                b"nod",
-                b"(",
-                b"type",
-                b"regular",
-                b"contents",
-                b"",
-                b")",
-                b")",
-                b")",
-            ],
-            &[
-                MAGIC,
-                b"(",
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"name",
-                b"a",
-                b"node",
-                b"(",
-                b"type",
-                b"regular",
-                b"contents",
-                b"",
-                b")",
-                b"x",
-                b")",
-            ],
-            &[
                 MAGIC, b"(", b"type", b"symlink", b"target", b"x", b"target", b"y", b")",
             ],
         ] {
             check(&tokens(toks), false);
         }
-        // The correct version of the entry stream above is accepted.
-        check(
-            &tokens(&[
-                MAGIC,
-                b"(",
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"name",
-                b"a",
-                b"node",
-                b"(",
-                b"type",
-                b"regular",
-                b"contents",
-                b"",
-                b")",
-                b")",
-                b")",
-            ]),
-            true,
-        );
+        // One wrong token in the directory entry: `name`, `node`, the entry's `)`.
+        for (at, wrong) in [(6, &b"nom"[..]), (8, b"nod"), (15, b"x")] {
+            let mut toks = DIR_WITH_FILE;
+            toks[at] = wrong;
+            check(&tokens(&toks), false);
+        }
+        // The correct version of the entry stream is accepted.
+        check(&tokens(&DIR_WITH_FILE), true);
     }
 
     #[test]
