@@ -20,7 +20,6 @@ async fn nix_copy_into_a_private_cache_then_substitute_elsewhere() {
         .tempdir()
         .unwrap();
     let nix = Nix::new(tmp.path());
-    std::fs::write(tmp.path().join("two.nix"), TWO_NIX).unwrap();
     let g = Garretd::start();
     let api = g.client();
     let admin = g.admin_token();
@@ -30,18 +29,7 @@ async fn nix_copy_into_a_private_cache_then_substitute_elsewhere() {
     );
 
     let a = nix.store("A");
-    let top = nix.ok(
-        "nix-build",
-        &[
-            "--store",
-            &a,
-            "--no-out-link",
-            tmp.path().join("two.nix").to_str().unwrap(),
-            "--argstr",
-            "nonce",
-            &nonce(),
-        ],
-    );
+    let top = nix.build_two(&a, &nonce());
     let dep = nix.ok("nix-store", &["--store", &a, "-q", "--references", &top]);
     let url = format!("{}/priv", g.url);
 
@@ -118,23 +106,11 @@ async fn nix_copy_into_a_private_cache_then_substitute_elsewhere() {
     // served re-signed with the cache's key (Nix signed nothing), substituted elsewhere
     let key = &api.public_key(Some(&admin), "priv").await;
     let b = nix.store("B");
-    nix.ok(
-        "nix-store",
-        &[
-            "--store",
-            &b,
-            "--realise",
-            &top,
-            "--option",
-            "substituters",
-            &url,
-            "--option",
-            "trusted-public-keys",
-            key,
-            "--option",
-            "netrc-file",
-            &reader,
-        ],
+    assert!(
+        nix.realise_from(&b, &top, &url, key, &["--option", "netrc-file", &reader])
+            .status
+            .success(),
+        "substitution failed"
     );
     assert_eq!(
         std::fs::read_to_string(format!("{b}{top}/data")).unwrap(),

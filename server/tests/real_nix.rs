@@ -67,7 +67,6 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
         .tempdir()
         .unwrap();
     let nix = Nix::new(tmp.path());
-    std::fs::write(tmp.path().join("two.nix"), TWO_NIX).unwrap();
 
     let g = Garretd::start();
     let api = g.client();
@@ -82,18 +81,7 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
     );
 
     let a = nix.store("A");
-    let top = nix.ok(
-        "nix-build",
-        &[
-            "--store",
-            &a,
-            "--no-out-link",
-            tmp.path().join("two.nix").to_str().unwrap(),
-            "--argstr",
-            "nonce",
-            &nonce,
-        ],
-    );
+    let top = nix.build_two(&a, &nonce);
     let closure: Vec<String> = nix
         .ok("nix-store", &["--store", &a, "-qR", &top])
         .lines()
@@ -110,20 +98,11 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
     let pub_key = api.public_key(None, "pub").await;
     let b = nix.store("B");
     let sub = format!("{}/pub", g.url);
-    nix.ok(
-        "nix-store",
-        &[
-            "--store",
-            &b,
-            "--realise",
-            &top,
-            "--option",
-            "substituters",
-            &sub,
-            "--option",
-            "trusted-public-keys",
-            &pub_key,
-        ],
+    assert!(
+        nix.realise_from(&b, &top, &sub, &pub_key, &[])
+            .status
+            .success(),
+        "substitution failed"
     );
     assert_eq!(
         std::fs::read_to_string(format!("{b}{top}/data")).unwrap(),
@@ -145,21 +124,7 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
         "{}:9JwWjIvIxZ++emTefhvrh0lCM+RimmTooj9215Exnv8=",
         pub_key.split(':').next().unwrap()
     );
-    let out = nix.run(
-        "nix-store",
-        &[
-            "--store",
-            &nix.store("C"),
-            "--realise",
-            &top,
-            "--option",
-            "substituters",
-            &sub,
-            "--option",
-            "trusted-public-keys",
-            &wrong,
-        ],
-    );
+    let out = nix.realise_from(&nix.store("C"), &top, &sub, &wrong, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not signed by any of the keys"), "{err}");
@@ -167,21 +132,7 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
     // private cache: without credentials Nix cannot see it; with a netrc it substitutes
     let priv_key = api.public_key(Some(&admin), "priv").await;
     let sub = format!("{}/priv", g.url);
-    let out = nix.run(
-        "nix-store",
-        &[
-            "--store",
-            &nix.store("D"),
-            "--realise",
-            &top,
-            "--option",
-            "substituters",
-            &sub,
-            "--option",
-            "trusted-public-keys",
-            &priv_key,
-        ],
-    );
+    let out = nix.realise_from(&nix.store("D"), &top, &sub, &priv_key, &[]);
     assert!(
         !out.status.success(),
         "a private cache must not serve anonymous Nix"
@@ -190,23 +141,17 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
     let netrc = tmp.path().join("netrc");
     std::fs::write(&netrc, format!("machine 127.0.0.1 password {reader}\n")).unwrap();
     let e = nix.store("E");
-    nix.ok(
-        "nix-store",
-        &[
-            "--store",
+    assert!(
+        nix.realise_from(
             &e,
-            "--realise",
             &top,
-            "--option",
-            "substituters",
             &sub,
-            "--option",
-            "trusted-public-keys",
             &priv_key,
-            "--option",
-            "netrc-file",
-            netrc.to_str().unwrap(),
-        ],
+            &["--option", "netrc-file", netrc.to_str().unwrap()],
+        )
+        .status
+        .success(),
+        "substitution failed"
     );
     assert_eq!(
         std::fs::read_to_string(format!("{e}{top}/data")).unwrap(),

@@ -92,6 +92,52 @@ impl Nix {
         out.stdout
     }
 
+    /// Builds `TWO_NIX` (two derivations, `top` referencing `dep`) into `store`; returns
+    /// top's path. A fresh `nonce` makes fresh paths.
+    pub fn build_two(&self, store: &str, nonce: &str) -> String {
+        let file = self.root.join("two.nix");
+        std::fs::write(&file, TWO_NIX).expect("two.nix");
+        let file = file.to_str().expect("utf8 path").to_string();
+        self.ok(
+            "nix-build",
+            &[
+                "--store",
+                store,
+                "--no-out-link",
+                &file,
+                "--argstr",
+                "nonce",
+                nonce,
+            ],
+        )
+    }
+
+    /// `nix-store --realise path` into `store`, substituting from `substituter` only and
+    /// trusting `key`; `extra` adds arguments (e.g. a netrc file option).
+    pub fn realise_from(
+        &self,
+        store: &str,
+        path: &str,
+        substituter: &str,
+        key: &str,
+        extra: &[&str],
+    ) -> Output {
+        let mut args = vec![
+            "--store",
+            store,
+            "--realise",
+            path,
+            "--option",
+            "substituters",
+            substituter,
+            "--option",
+            "trusted-public-keys",
+            key,
+        ];
+        args.extend_from_slice(extra);
+        self.run("nix-store", &args)
+    }
+
     pub fn store(&self, name: &str) -> String {
         self.root
             .join(name)
