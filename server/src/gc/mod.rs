@@ -48,26 +48,19 @@ pub enum StopAfter {
     Mark,
 }
 
-/// Which storage objects a batch of `D` chunks lets GC delete: the packs no chunk outside
-/// `D` still uses. (Rows of packs still in use can be forgotten at once; the pack's bytes
-/// go with its last live chunk.)
-#[derive(Debug, PartialEq, Eq)]
-struct Deletions {
-    delete_packs: Vec<String>,
-}
-
-fn plan_deletions(
+/// The packs a batch of `D` chunks lets GC delete: those no chunk outside `D`/`Z` still
+/// uses. (Rows of packs still in use become `Z`; the pack's bytes go with its last live
+/// chunk.)
+fn packs_to_delete(
     batch: &[(i64, String, i64)],
     in_use: &std::collections::HashSet<String>,
-) -> Deletions {
+) -> Vec<String> {
     let packs: std::collections::BTreeSet<&String> = batch
         .iter()
         .map(|(_, key, _)| key)
         .filter(|key| !in_use.contains(*key))
         .collect();
-    Deletions {
-        delete_packs: packs.into_iter().cloned().collect(),
-    }
+    packs.into_iter().cloned().collect()
 }
 
 /// Deletes packs from storage; returns those now gone and whether any deletion failed.
@@ -126,12 +119,16 @@ async fn compact_pack(db: &Database, storage: &DynStorage, key: &str) -> anyhow:
     if chunks.is_empty() {
         return Ok(false);
     }
+    // One read of the old pack (a batch's worth of bytes), sliced into the live chunks.
+    let old = storage.get(key).await?;
     let mut pack = Vec::with_capacity(chunks.iter().map(|c| c.2 as usize).sum());
     let mut moves = Vec::with_capacity(chunks.len());
     for (id, offset, size) in chunks {
-        let bytes = storage.get_range(key, offset as u64, size as u64).await?;
+        let bytes = old
+            .get(offset as usize..(offset + size) as usize)
+            .ok_or_else(|| anyhow::anyhow!("pack {key} is shorter than its chunk rows"))?;
         moves.push((id, pack.len() as i64));
-        pack.extend_from_slice(&bytes);
+        pack.extend_from_slice(bytes);
     }
     let new_key = crate::storage::new_pack_key();
     storage.put(&new_key, pack.into()).await?;
@@ -187,8 +184,7 @@ pub async fn run_once(
             .into_iter()
             .collect();
         let in_use = db.packs_in_use(&keys).await?;
-        let plan = plan_deletions(&batch, &in_use);
-        let (deleted, failed) = delete_packs(storage, plan.delete_packs).await;
+        let (deleted, failed) = delete_packs(storage, packs_to_delete(&batch, &in_use)).await;
         let retired: Vec<i64> = batch
             .iter()
             .filter(|(_, key, _)| in_use.contains(key))
@@ -227,7 +223,7 @@ mod tests {
         ];
         let in_use = ["b.pack".to_string()].into_iter().collect();
         assert_eq!(
-            plan_deletions(&batch, &in_use).delete_packs,
+            packs_to_delete(&batch, &in_use),
             vec!["a.pack".to_string(), "c.pack".to_string()]
         );
     }
