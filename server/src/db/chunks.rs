@@ -111,19 +111,12 @@ impl Database {
     /// Forgets pending chunks of a failed upload (their files are removed by the caller).
     pub async fn delete_pending_chunks(&self, ids: &[i64]) -> DbResult<()> {
         let _w = self.write_gate().await;
-        for slice in ids.chunks(500) {
-            let sql = format!(
-                "DELETE FROM chunks WHERE state = 'P' AND id IN ({})",
-                placeholders(1, slice.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for id in slice {
-                q = q.bind(*id);
-            }
-            q.execute(self.pool())
-                .await
-                .ctx("discarding pending chunks")?;
-        }
+        self.execute_in(
+            "DELETE FROM chunks WHERE state = 'P' AND id IN ({})",
+            ids,
+            "discarding pending chunks",
+        )
+        .await?;
         Ok(())
     }
 

@@ -113,23 +113,12 @@ impl Database {
     /// until the pack goes (or is compacted).
     pub async fn retire_chunks(&self, ids: &[i64]) -> DbResult<u64> {
         let _w = self.write_gate().await;
-        let mut n = 0;
-        for slice in ids.chunks(500) {
-            let sql = format!(
-                "UPDATE chunks SET state = 'Z' WHERE state = 'D' AND id IN ({})",
-                placeholders(1, slice.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for id in slice {
-                q = q.bind(*id);
-            }
-            n += q
-                .execute(self.pool())
-                .await
-                .ctx("retiring dead chunks")?
-                .rows_affected();
-        }
-        Ok(n)
+        self.execute_in(
+            "UPDATE chunks SET state = 'Z' WHERE state = 'D' AND id IN ({})",
+            ids,
+            "retiring dead chunks",
+        )
+        .await
     }
 
     /// Packs holding only dead chunks (`Z`): left behind by a compaction, or by a pack
@@ -151,23 +140,12 @@ impl Database {
     /// Forgets every dead row (`D`, `Z`) of packs deleted from storage.
     pub async fn forget_packs(&self, keys: &[String]) -> DbResult<u64> {
         let _w = self.write_gate().await;
-        let mut n = 0;
-        for slice in keys.chunks(500) {
-            let sql = format!(
-                "DELETE FROM chunks WHERE state IN ('D', 'Z') AND storage_key IN ({})",
-                placeholders(1, slice.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for k in slice {
-                q = q.bind(k.as_str());
-            }
-            n += q
-                .execute(self.pool())
-                .await
-                .ctx("forgetting deleted packs")?
-                .rows_affected();
-        }
-        Ok(n)
+        self.execute_in(
+            "DELETE FROM chunks WHERE state IN ('D', 'Z') AND storage_key IN ({})",
+            keys,
+            "forgetting deleted packs",
+        )
+        .await
     }
 
     /// Packs where dead bytes outweigh live ones and nothing is in flight (`P`, `D`):

@@ -191,6 +191,31 @@ pub fn now_unix() -> i64 {
         .unwrap_or_default()
 }
 
+impl Database {
+    /// Runs a statement whose `{}` stands for an `IN (…)` list of `values`, in slices every
+    /// database accepts; returns the rows it affected. Writers hold the write gate.
+    pub(crate) async fn execute_in<T>(
+        &self,
+        sql: &str,
+        values: &[T],
+        ctx: &'static str,
+    ) -> DbResult<u64>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Clone + Send + 'static,
+    {
+        let mut n = 0;
+        for slice in values.chunks(500) {
+            let sql = sql.replace("{}", &placeholders(1, slice.len()));
+            let mut q = sqlx::query(&sql);
+            for v in slice {
+                q = q.bind(v.clone());
+            }
+            n += q.execute(self.pool()).await.ctx(ctx)?.rows_affected();
+        }
+        Ok(n)
+    }
+}
+
 /// `$start, $start+1, …` for an `IN (…)` list of `n` values.
 pub(crate) fn placeholders(start: usize, n: usize) -> String {
     (start..start + n)
