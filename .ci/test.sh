@@ -3,8 +3,11 @@
 # on PostgreSQL when a test database is configured (GARRET_TEST_POSTGRES_URL).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Tests run other packages' binaries (garretd's tests drive the `garret` client; the e2e
+# tests put all three into images), which cargo builds only for their own package.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast
 if [ -n "${GARRET_TEST_POSTGRES_URL:-}" ]; then
     echo "==> server tests on PostgreSQL"
-    GARRET_TEST_DATABASE=postgres cargo test -p garret --locked --no-fail-fast --tests
+    GARRET_TEST_DATABASE=postgres cargo test -p garretd --locked --no-fail-fast --tests
 fi

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use garret::token::{SigningKey, Verifier};
+use garret_core::token::{SigningKey, Verifier};
 use garret_e2e::{install_crd, wait_for, ControlPlane, Identity, Options};
 use garret_operator::controller::{self, Settings};
 use garret_operator::types::{BinaryCache, CacheToken};
@@ -189,7 +189,7 @@ async fn binary_cache_gets_children_status_and_keys() {
         .as_ref()
         .and_then(|d| d.get("server.toml"))
         .expect("server.toml");
-    let cfg = garret::config::Config::from_toml(toml, &Default::default(), vec![])
+    let cfg = garretd::config::Config::from_toml(toml, &Default::default(), vec![])
         .expect("garretd accepts the config");
     let names: Vec<_> = cfg.caches.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["team", "oss"]);
@@ -211,7 +211,7 @@ async fn binary_cache_gets_children_status_and_keys() {
         .await
         .expect("cache keys Secret");
     let team_key =
-        garret::nix::signing::Keypair::parse(&data_str(&cache_keys, "team")).expect("keypair");
+        garret_core::nix::signing::Keypair::parse(&data_str(&cache_keys, "team")).expect("keypair");
     let public: BTreeMap<_, _> = status
         .caches
         .iter()
@@ -419,7 +419,7 @@ async fn cache_token_is_minted_verifiable_and_reissued() {
             .expect("key");
     let verifier = Verifier::new(key, None, None).expect("verifier");
     let claims = verifier
-        .verify(&token, garret::token::unix_now())
+        .verify(&token, garret_core::clock::unix_now())
         .expect("garret accepts the token");
     assert_eq!(claims.sub.as_deref(), Some("ci-runner"));
     let ci = claims.permission_for("team-ci");
@@ -460,7 +460,7 @@ async fn cache_token_is_minted_verifiable_and_reissued() {
     .await;
     let (_, token2) = token_at(&tokens, &secrets, "ci", 2).await;
     let claims2 = verifier
-        .verify(&token2, garret::token::unix_now())
+        .verify(&token2, garret_core::clock::unix_now())
         .expect("valid");
     assert!(claims2.permission_for("team-ci").delete);
     assert_ne!(claims2.jti, claims.jti);
@@ -476,7 +476,7 @@ async fn cache_token_is_minted_verifiable_and_reissued() {
         .expect("corrupt the Secret");
     let (_, token3) = token_at(&tokens, &secrets, "ci", 3).await;
     let claims3 = verifier
-        .verify(&token3, garret::token::unix_now())
+        .verify(&token3, garret_core::clock::unix_now())
         .expect("valid again");
     assert_ne!(claims3.jti, claims2.jti);
 

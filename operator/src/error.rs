@@ -25,7 +25,7 @@ pub enum Error {
     Token {
         context: String,
         #[source]
-        source: garret::token::Error,
+        source: garret_core::token::Error,
     },
 
     /// The finalizer helper failed (boxed: it wraps this type).

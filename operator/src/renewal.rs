@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use garret::token::{Claims, MakeToken, Rejection, Verifier};
+use garret_core::token::{Claims, MakeToken, Rejection, Verifier};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use sha2::{Digest, Sha256};
@@ -62,12 +62,12 @@ pub struct Timing {
 
 /// Validate the spec's durations: `renewBefore` must leave part of the lifetime.
 pub fn timing(spec: &CacheTokenSpec) -> Result<Timing> {
-    let validity = garret::token::parse_validity(&spec.validity)
+    let validity = garret_core::token::parse_validity(&spec.validity)
         .map_err(|e| Error::InvalidSpec(format!("validity: {e}")))?;
     let renew_before = match &spec.renew_before {
         None => None,
         Some(text) => {
-            let d = garret::config::parse_duration(text)
+            let d = garret_core::duration::parse_duration(text)
                 .map_err(|e| Error::InvalidSpec(format!("renewBefore: {e}")))?;
             if d >= validity {
                 return Err(Error::InvalidSpec(format!(
@@ -211,7 +211,7 @@ pub fn host_of(endpoint: &str) -> &str {
 mod tests {
     use super::*;
     use crate::types::{BinaryCacheRef, TokenPermissions};
-    use garret::token::{SigningKey, TokenKeys};
+    use garret_core::token::{SigningKey, TokenKeys};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::sync::OnceLock;
 
@@ -219,7 +219,7 @@ mod tests {
 
     fn key() -> &'static SigningKey {
         static KEY: OnceLock<SigningKey> = OnceLock::new();
-        KEY.get_or_init(|| garret::token::generate_rs256(2048).expect("rsa").0)
+        KEY.get_or_init(|| garret_core::token::generate_rs256(2048).expect("rsa").0)
     }
 
     fn verifier() -> Verifier {
@@ -342,7 +342,7 @@ mod tests {
             Decision::Issue(Reason::SecretInvalid(_))
         ));
 
-        let other_key = garret::token::generate_rs256(2048).expect("rsa").0;
+        let other_key = garret_core::token::generate_rs256(2048).expect("rsa").0;
         let other = Verifier::from_keys(TokenKeys::new(&other_key).expect("keys"), None, None);
         assert!(matches!(
             decide(&s, Some(&fresh), &other, NOW).expect("decide"),

@@ -156,7 +156,7 @@ pub fn config_map(bc: &BinaryCache) -> Result<ConfigMap> {
 mod tests {
     use super::*;
     use crate::build::fixtures::*;
-    use garret::config::{Config, ConfigSource, StorageConfig};
+    use garretd::config::{Config, ConfigSource, StorageConfig};
 
     /// garretd's own parser is the judge of what the operator writes.
     fn parse(text: &str) -> Config {

@@ -99,7 +99,7 @@ pub fn validate(bc: &BinaryCache) -> Result<()> {
     }
     let mut seen = std::collections::BTreeSet::new();
     for c in &spec.caches {
-        if let Err(e) = garret::cache_name::CacheName::parse(&c.name) {
+        if let Err(e) = garret_core::cache_name::CacheName::parse(&c.name) {
             return invalid(format!("cache name {:?}: {e}", c.name));
         }
         if !seen.insert(c.name.as_str()) {
@@ -130,7 +130,8 @@ pub fn validate(bc: &BinaryCache) -> Result<()> {
 }
 
 fn duration(text: &str, field: &str) -> Result<std::time::Duration> {
-    garret::config::parse_duration(text).map_err(|e| Error::InvalidSpec(format!("{field}: {e}")))
+    garret_core::duration::parse_duration(text)
+        .map_err(|e| Error::InvalidSpec(format!("{field}: {e}")))
 }
 
 #[cfg(test)]

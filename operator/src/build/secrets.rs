@@ -31,7 +31,7 @@ pub fn token_key_secret(bc: &BinaryCache, config_value: String) -> Result<Secret
 }
 
 /// The signing key a token-key Secret holds, or why it is unusable.
-pub fn signing_key(secret: &Secret) -> Result<garret::token::SigningKey> {
+pub fn signing_key(secret: &Secret) -> Result<garret_core::token::SigningKey> {
     let value = secret
         .data
         .as_ref()
@@ -39,7 +39,7 @@ pub fn signing_key(secret: &Secret) -> Result<garret::token::SigningKey> {
         .ok_or_else(|| Error::Dependency(format!("Secret has no {TOKEN_KEY_FIELD} key")))?;
     let text = std::str::from_utf8(&value.0)
         .map_err(|_| Error::Dependency(format!("{TOKEN_KEY_FIELD} is not UTF-8")))?;
-    garret::token::SigningKey::from_rs256_secret_base64(text).map_err(|source| Error::Token {
+    garret_core::token::SigningKey::from_rs256_secret_base64(text).map_err(|source| Error::Token {
         context: "reading the token-signing Secret".into(),
         source,
     })
@@ -86,7 +86,7 @@ pub fn public_keys(bc: &BinaryCache, keys: &Secret) -> Vec<CacheStatus> {
         .filter_map(|c| {
             let raw = data.get(&c.name)?;
             let text = std::str::from_utf8(&raw.0).ok()?;
-            let kp = garret::nix::signing::Keypair::parse(text.trim()).ok()?;
+            let kp = garret_core::nix::signing::Keypair::parse(text.trim()).ok()?;
             Some(CacheStatus {
                 name: c.name.clone(),
                 public_key: kp.public_key().to_canonical_string(),
@@ -99,7 +99,7 @@ pub fn public_keys(bc: &BinaryCache, keys: &Secret) -> Vec<CacheStatus> {
 mod tests {
     use super::*;
     use crate::build::fixtures::*;
-    use garret::nix::signing::Keypair;
+    use garret_core::nix::signing::Keypair;
 
     fn keypair(name: &str) -> String {
         Keypair::generate(name)
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn token_key_round_trips() {
         let bc = binary_cache(MINIMAL);
-        let (_, value) = garret::token::generate_rs256(2048).expect("rsa");
+        let (_, value) = garret_core::token::generate_rs256(2048).expect("rsa");
         let secret = token_key_secret(&bc, value).expect("secret");
         assert_eq!(secret.metadata.name.as_deref(), Some("main-token-key"));
         let key = signing_key(&secret).expect("key parses");

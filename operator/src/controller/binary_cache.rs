@@ -262,7 +262,7 @@ async fn ensure_token_key(
     }
     let bits = ctx.settings.rsa_bits;
     // RSA generation takes seconds: keep it off the async workers.
-    let (_, value) = tokio::task::spawn_blocking(move || garret::token::generate_rs256(bits))
+    let (_, value) = tokio::task::spawn_blocking(move || garret_core::token::generate_rs256(bits))
         .await
         .map_err(|e| Error::Dependency(format!("key generation task: {e}")))?
         .map_err(|source| Error::Token {
@@ -297,7 +297,7 @@ async fn ensure_cache_keys(
     }
     let mut generated = BTreeMap::new();
     for cache in missing {
-        let kp = garret::nix::signing::Keypair::generate(&cache)
+        let kp = garret_core::nix::signing::Keypair::generate(&cache)
             .map_err(|e| Error::InvalidSpec(format!("cache {cache}: {e}")))?;
         generated.insert(cache, kp.to_canonical_string());
     }

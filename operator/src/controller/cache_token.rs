@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use garret::token::{TokenKeys, Verifier};
+use garret_core::token::{TokenKeys, Verifier};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -196,7 +196,7 @@ async fn issue(ct: &CacheToken, ctx: &Context) -> Result<Action> {
         }
     }
 
-    let unix_now = garret::token::unix_now();
+    let unix_now = garret_core::clock::unix_now();
     // The Secret (read fresh from the API) is the record of what was issued; status may come
     // from a reflector cache that has not seen our last write yet.
     let issued_revision = current
@@ -230,7 +230,7 @@ async fn issue(ct: &CacheToken, ctx: &Context) -> Result<Action> {
             }
         }
         Decision::Issue(reason) => {
-            let jti = garret::token::new_jti();
+            let jti = garret_core::token::new_jti();
             let claims = request
                 .claims(unix_now, jti.clone())
                 .map_err(|source| Error::Token {
@@ -289,7 +289,7 @@ async fn issue(ct: &CacheToken, ctx: &Context) -> Result<Action> {
     write_status(ct, ctx, &wanted, Some(&issued)).await?;
     let wait = issued
         .renew_at
-        .saturating_sub(garret::token::unix_now())
+        .saturating_sub(garret_core::clock::unix_now())
         .max(1);
     let wait = Duration::from_secs(u64::try_from(wait).unwrap_or(1)).min(ctx.settings.resync);
     Ok(Action::requeue(wait))

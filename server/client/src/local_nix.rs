@@ -1,0 +1,333 @@
+//! What the client needs from the local Nix store, through the `nix` commands themselves (no
+//! daemon protocol): closures, path metadata, and NARs streamed from `nix store dump-path`.
+//! The store used is whatever Nix would use (`NIX_REMOTE`, `store =` in nix.conf).
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use futures::Stream;
+use serde_json::Value;
+use tokio::process::Command;
+
+use garret_core::nix::hash::Sha256Hash;
+use garret_core::nix::store_path::StorePath;
+
+/// Paths per `nix` invocation, far below ARG_MAX even for long names.
+const ARG_BATCH: usize = 500;
+
+/// The local store directory (`NIX_STORE_DIR`, as Nix reads it, else `/nix/store`).
+pub fn store_dir() -> String {
+    std::env::var("NIX_STORE_DIR")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| "/nix/store".to_string())
+}
+
+/// Metadata of one valid store path, as `nix path-info --json` reports it.
+#[derive(Debug, Clone)]
+pub struct PathInfo {
+    pub path: StorePath,
+    pub nar_hash: Sha256Hash,
+    pub nar_size: u64,
+    /// Full paths.
+    pub references: Vec<String>,
+    pub deriver: Option<String>,
+    pub sigs: Vec<String>,
+    pub ca: Option<String>,
+}
+
+impl PathInfo {
+    /// Whether any signature's key name (text before `:`) is one of `names`.
+    pub fn signed_by_any(&self, names: &[String]) -> bool {
+        self.sigs
+            .iter()
+            .filter_map(|s| s.split_once(':').map(|(n, _)| n))
+            .any(|n| names.iter().any(|k| k == n))
+    }
+}
+
+/// Turns a command-line argument into a top-level store path: symlinks such as `./result`
+/// are followed (without requiring the target to exist here, so chroot stores work), and a
+/// path inside a store object is cut to the object.
+pub fn resolve_store_path(arg: &Path, store_dir: &str) -> Result<String> {
+    let mut p = absolute(arg)?;
+    for _ in 0..40 {
+        if let Some(top) = top_level(&p, store_dir) {
+            return Ok(top);
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p)
+                    .with_context(|| format!("reading symlink {}", p.display()))?;
+                let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                p = normalize(&base.join(target));
+            }
+            Ok(_) => {
+                let c = std::fs::canonicalize(&p)
+                    .with_context(|| format!("resolving {}", arg.display()))?;
+                return top_level(&c, store_dir).ok_or_else(|| {
+                    anyhow!("{} is not in the Nix store ({store_dir})", arg.display())
+                });
+            }
+            Err(e) => return Err(anyhow!("{}: {e}", arg.display())),
+        }
+    }
+    bail!("{}: too many levels of symbolic links", arg.display())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(normalize(p))
+    } else {
+        Ok(normalize(
+            &std::env::current_dir()
+                .context("reading the current directory")?
+                .join(p),
+        ))
+    }
+}
+
+/// Lexical `.`/`..` removal (only used for paths we then check against the store dir).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn top_level(p: &Path, store_dir: &str) -> Option<String> {
+    let rest = p.strip_prefix(store_dir).ok()?;
+    let first = rest.components().next()?;
+    match first {
+        Component::Normal(name) => Some(format!("{store_dir}/{}", name.to_str()?)),
+        _ => None,
+    }
+}
+
+async fn run(program: &str, args: &[&str], paths: &[String]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .args(paths)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("cannot run {program} (is Nix installed?)"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.trim();
+        let err = err.strip_prefix("error: ").unwrap_or(err);
+        bail!("{program} {}: {err}", args.join(" "));
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{program} printed non-UTF-8"))
+}
+
+/// The closure of `paths` (references only), via `nix-store -qR`.
+pub async fn closure(paths: &[String]) -> Result<Vec<String>> {
+    let mut all = std::collections::BTreeSet::new();
+    for batch in paths.chunks(ARG_BATCH) {
+        let out = run("nix-store", &["--query", "--requisites"], batch).await?;
+        all.extend(out.lines().filter(|l| !l.is_empty()).map(str::to_string));
+    }
+    Ok(all.into_iter().collect())
+}
+
+/// Metadata for every path, via `nix path-info --json`.
+pub async fn path_info(paths: &[String]) -> Result<Vec<PathInfo>> {
+    let mut infos = Vec::with_capacity(paths.len());
+    for batch in paths.chunks(ARG_BATCH) {
+        let out = run(
+            "nix",
+            &[
+                "--extra-experimental-features",
+                "nix-command",
+                "path-info",
+                "--json",
+            ],
+            batch,
+        )
+        .await?;
+        infos.extend(parse_path_info_json(&out)?);
+    }
+    Ok(infos)
+}
+
+/// Parses both shapes: Nix < 2.19 prints an array of objects with a `path` field, newer Nix
+/// an object keyed by path (with `null` for invalid paths).
+pub fn parse_path_info_json(text: &str) -> Result<Vec<PathInfo>> {
+    let v: Value = serde_json::from_str(text).context("parsing `nix path-info --json` output")?;
+    let entries: Vec<(String, Value)> = match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|e| {
+                let p = e
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("path-info entry without a path"))?;
+                Ok((p, e))
+            })
+            .collect::<Result<_>>()?,
+        Value::Object(map) => map.into_iter().collect(),
+        _ => bail!("unexpected `nix path-info --json` output"),
+    };
+    entries
+        .into_iter()
+        .map(|(path, e)| entry_to_info(&path, &e))
+        .collect()
+}
+
+fn entry_to_info(path: &str, e: &Value) -> Result<PathInfo> {
+    if e.is_null() || e.get("valid").and_then(Value::as_bool) == Some(false) {
+        bail!("path '{path}' is not valid in the local store");
+    }
+    let store_path =
+        StorePath::parse(path).map_err(|err| anyhow!("bad store path {path:?}: {err}"))?;
+    let s = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_string);
+    let list = |k: &str| -> Vec<String> {
+        e.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let nar_hash = s("narHash").ok_or_else(|| anyhow!("{path}: no narHash"))?;
+    let nar_hash =
+        Sha256Hash::parse_any(&nar_hash).map_err(|err| anyhow!("{path}: narHash: {err}"))?;
+    let nar_size = e
+        .get("narSize")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("{path}: no narSize"))?;
+    Ok(PathInfo {
+        path: store_path,
+        nar_hash,
+        nar_size,
+        references: list("references"),
+        deriver: s("deriver"),
+        sigs: list("signatures"),
+        ca: s("ca"),
+    })
+}
+
+/// The NAR of `path` as a byte stream straight from the dumping child's stdout. The child is
+/// killed if the stream is dropped (e.g. the upload failed), and a non-zero exit turns into
+/// a stream error so a truncated NAR is never passed off as complete.
+pub fn dump(path: &str) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
+    // `nix store dump-path` rather than `nix-store --dump`: the latter reads the real
+    // filesystem path, bypassing the configured store (wrong for chroot/remote stores).
+    let mut child = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "dump-path",
+            path,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run nix store dump-path")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("nix store dump-path: no stdout"))?;
+    let reader = tokio_util::io::ReaderStream::with_capacity(stdout, 256 * 1024);
+    let path = path.to_string();
+    Ok(futures::stream::unfold(
+        (reader, Some(child), path),
+        |(mut reader, child, path)| async move {
+            use futures::StreamExt;
+            let child = child?;
+            match reader.next().await {
+                Some(item) => Some((item, (reader, Some(child), path))),
+                None => {
+                    let out = child.wait_with_output().await;
+                    match out {
+                        Ok(o) if o.status.success() => None,
+                        Ok(o) => Some((
+                            Err(std::io::Error::other(format!(
+                                "nix store dump-path {path} failed: {}",
+                                String::from_utf8_lossy(&o.stderr).trim()
+                            ))),
+                            (reader, None, path),
+                        )),
+                        Err(e) => Some((Err(e), (reader, None, path))),
+                    }
+                }
+            }
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P1: &str = "/nix/store/0vjj8p3mlp2gnq2qxcfj70bx79jqg7f9-dep-a1";
+    const P2: &str = "/nix/store/igkz4v2m1rk89630xf8dhxa5qbcg9vy0-top-a1";
+
+    #[test]
+    fn parses_array_shape_of_nix_2_8() {
+        let text = format!(
+            r#"[{{"path":"{P2}","narHash":"sha256-4cmz+PlDn6A1XcIPc0BQuCDh0Bpy3vjBr1n4OSZNyfo=","narSize":728,"references":["{P1}"],"deriver":"/nix/store/pslxfd6zddg5cvkv5r1pzxincjyr10p9-top-a1.drv","registrationTime":1,"signatures":["cache.nixos.org-1:abc"]}}]"#
+        );
+        let infos = parse_path_info_json(&text).unwrap();
+        assert_eq!(infos.len(), 1);
+        assert_eq!(infos[0].path.as_str(), P2);
+        assert_eq!(infos[0].nar_size, 728);
+        assert_eq!(infos[0].references, vec![P1.to_string()]);
+        assert!(infos[0].signed_by_any(&["cache.nixos.org-1".into()]));
+        assert!(!infos[0].signed_by_any(&["other".into()]));
+    }
+
+    #[test]
+    fn parses_object_shape_of_newer_nix() {
+        let text = format!(
+            r#"{{"{P1}":{{"narHash":"sha256:0mcn2skmkmcmca2h6qf0wx1qbi5lydqbrza34ahd94j3z7wb7jg1","narSize":5,"references":[],"ca":"fixed:r:sha256:abc","signatures":[]}}}}"#
+        );
+        let infos = parse_path_info_json(&text).unwrap();
+        assert_eq!(infos[0].path.as_str(), P1);
+        assert_eq!(infos[0].ca.as_deref(), Some("fixed:r:sha256:abc"));
+        let bad = format!(r#"{{"{P1}":null}}"#);
+        assert!(parse_path_info_json(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid"));
+    }
+
+    #[test]
+    fn resolves_paths_inside_the_store_without_touching_disk() {
+        let sd = "/nix/store";
+        assert_eq!(
+            resolve_store_path(Path::new(&format!("{P1}/bin/x")), sd).unwrap(),
+            P1
+        );
+        assert_eq!(resolve_store_path(Path::new(P1), sd).unwrap(), P1);
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("result");
+        std::os::unix::fs::symlink(P2, &link).unwrap();
+        assert_eq!(resolve_store_path(&link, sd).unwrap(), P2);
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").unwrap();
+        assert!(resolve_store_path(&file, sd)
+            .unwrap_err()
+            .to_string()
+            .contains("not in the Nix store"));
+        assert!(resolve_store_path(&dir.path().join("missing"), sd).is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! Push pipeline: plan (closure → path-info → upstream filter → get-missing-paths), then
+//! upload the missing paths with N workers, each streaming one NAR from `nix store dump-path`
+//! into one PUT. Failures are collected per path; they never stop the other uploads.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use indicatif::HumanBytes;
+
+use crate::http::{ApiClient, ApiError};
+use crate::local_nix::{self, PathInfo};
+use crate::progress::Progress;
+use garret_core::cache_name::CacheName;
+use garret_core::wire::{UploadPathNarInfo, UploadPathResultKind};
+
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub no_closure: bool,
+    pub ignore_upstream_filter: bool,
+    pub jobs: usize,
+    pub force_preamble: bool,
+}
+
+/// What to upload, and what was left out and why.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub upload: Vec<PathInfo>,
+    pub already_present: usize,
+    pub upstream: usize,
+    /// Every path looked at (closure minus `already_handled`), for callers that remember.
+    pub considered: Vec<String>,
+}
+
+/// Outcome counts of one push.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub pushed: usize,
+    pub deduplicated: usize,
+    pub already_present: usize,
+    pub upstream: usize,
+    pub failed: Vec<(String, String)>,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn render(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-3);
+        let mut s = format!(
+            "pushed {} (deduplicated {}), skipped {} already in the cache and {} from upstream, {} failed; {} in {:.1}s ({}/s)",
+            self.pushed + self.deduplicated,
+            self.deduplicated,
+            self.already_present,
+            self.upstream,
+            self.failed.len(),
+            HumanBytes(self.bytes),
+            secs,
+            HumanBytes((self.bytes as f64 / secs) as u64),
+        );
+        for (path, err) in &self.failed {
+            s.push_str(&format!("\nfailed: {path}: {err}"));
+        }
+        s
+    }
+}
+
+/// Computes what to send for `roots`, skipping `already_handled` hashes (watch-store).
+pub async fn plan(
+    api: &ApiClient,
+    cache: &CacheName,
+    roots: &[String],
+    upstream_names: &[String],
+    opts: &PushOptions,
+    already_handled: &BTreeSet<String>,
+) -> Result<Plan> {
+    let paths = if opts.no_closure {
+        roots.to_vec()
+    } else {
+        local_nix::closure(roots).await?
+    };
+    let paths: Vec<String> = paths
+        .into_iter()
+        .filter(|p| !already_handled.contains(hash_of(p)))
+        .collect();
+    if paths.is_empty() {
+        return Ok(Plan::default());
+    }
+    let infos = local_nix::path_info(&paths).await?;
+    let mut plan = Plan {
+        considered: paths,
+        ..Plan::default()
+    };
+    let mut candidates = Vec::new();
+    for info in infos {
+        if !opts.ignore_upstream_filter && info.signed_by_any(upstream_names) {
+            plan.upstream += 1;
+        } else {
+            candidates.push(info);
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(plan);
+    }
+    let hashes = candidates
+        .iter()
+        .map(|i| i.path.hash().to_string())
+        .collect();
+    let missing: BTreeSet<String> = api
+        .get_missing_paths(cache, hashes)
+        .await
+        .context("asking the server which paths are missing")?
+        .into_iter()
+        .collect();
+    for info in candidates {
+        if missing.contains(info.path.hash().as_str()) {
+            plan.upload.push(info);
+        } else {
+            plan.already_present += 1;
+        }
+    }
+    // Big NARs first keeps all workers busy until the end.
+    plan.upload.sort_by_key(|p| std::cmp::Reverse(p.nar_size));
+    Ok(plan)
+}
+
+fn hash_of(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.get(..32).unwrap_or(base)
+}
+
+fn base_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+/// The upload-info JSON Attic's client sends for a path.
+pub fn upload_info(cache: &CacheName, info: &PathInfo) -> UploadPathNarInfo {
+    UploadPathNarInfo {
+        cache: cache.to_string(),
+        store_path_hash: info.path.hash().to_string(),
+        store_path: info.path.as_str().to_string(),
+        references: info.references.iter().map(|r| base_name(r)).collect(),
+        system: None,
+        deriver: info.deriver.as_deref().map(base_name),
+        sigs: info.sigs.clone(),
+        ca: info.ca.clone(),
+        nar_hash: info.nar_hash.to_typed_hex(),
+        nar_size: info.nar_size,
+    }
+}
+
+/// Uploads every path of the plan with `jobs` concurrent PUTs.
+pub async fn upload(
+    api: &ApiClient,
+    cache: &CacheName,
+    plan: Plan,
+    opts: &PushOptions,
+    progress: &Progress,
+) -> Summary {
+    let start = Instant::now();
+    let mut summary = Summary {
+        already_present: plan.already_present,
+        upstream: plan.upstream,
+        ..Default::default()
+    };
+    let results: Vec<(String, u64, Result<UploadPathResultKind>)> =
+        futures::stream::iter(plan.upload.into_iter().map(|info| async move {
+            let path = info.path.as_str().to_string();
+            let r = upload_one(api, cache, &info, opts, progress).await;
+            (path, info.nar_size, r)
+        }))
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
+    // Bytes of NARs that made it (not bytes streamed, which count retried attempts too).
+    for (path, size, r) in results {
+        match r {
+            Ok(kind) => {
+                summary.bytes += size;
+                match kind {
+                    UploadPathResultKind::Deduplicated => summary.deduplicated += 1,
+                    _ => summary.pushed += 1,
+                }
+            }
+            Err(e) => summary.failed.push((path, format!("{e:#}"))),
+        }
+    }
+    summary.elapsed = start.elapsed();
+    summary
+}
+
+/// Attempts per path: 5xx answers and dropped connections are often transient (a busy
+/// database, a restarting server) and a NAR stream is cheap to start again.
+const ATTEMPTS: u32 = 3;
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        if let Some(api) = c.downcast_ref::<ApiError>() {
+            return api.status().is_server_error();
+        }
+        c.downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_connect() || r.is_request() || r.is_body())
+    })
+}
+
+async fn upload_one(
+    api: &ApiClient,
+    cache: &CacheName,
+    info: &PathInfo,
+    opts: &PushOptions,
+    progress: &Progress,
+) -> Result<UploadPathResultKind> {
+    let path = info.path.as_str();
+    let mut attempt = 1;
+    loop {
+        match upload_attempt(api, cache, info, opts, progress).await {
+            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                progress.println(&format!("retrying {path} after: {e:#}"));
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn upload_attempt(
+    api: &ApiClient,
+    cache: &CacheName,
+    info: &PathInfo,
+    opts: &PushOptions,
+    progress: &Progress,
+) -> Result<UploadPathResultKind> {
+    let path = info.path.as_str();
+    let bar = Arc::new(progress.start(path, info.nar_size));
+    let nar = local_nix::dump(path)?;
+    let counted = {
+        let bar = bar.clone();
+        nar.inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                bar.inc(c.len() as u64);
+            }
+        })
+    };
+    let result = api
+        .upload_path(&upload_info(cache, info), counted, opts.force_preamble)
+        .await;
+    match result {
+        Ok(r) => {
+            bar.finish(match r.kind {
+                UploadPathResultKind::Deduplicated => "deduplicated",
+                _ => "pushed",
+            });
+            Ok(r.kind)
+        }
+        Err(e) => {
+            bar.finish("FAILED");
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `/_api/v1/cache-config/{cache}`: read, create, reconfigure, destroy.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use super::auth::{authorize, Caller};
+use super::endpoint::{api_endpoint, substituter_endpoint};
+use super::nix_read::parse_cache;
+use super::state::SharedState;
+use crate::db::{CachePatch, NewCache};
+use crate::error::{ServerError, ServerResult};
+use garret_core::nix::signing::Keypair;
+use garret_core::wire::{CacheConfig, CreateCacheRequest, KeypairConfig, RetentionPeriodConfig};
+
+/// JSON bodies are parsed by hand so a bad body gets Attic's JSON error, not plain text.
+pub(super) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ServerResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ServerError::request(format!("invalid JSON body: {e}")))
+}
+
+pub async fn get_config(
+    State(state): State<SharedState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(cache): Path<String>,
+) -> ServerResult<Json<CacheConfig>> {
+    let name = parse_cache(&cache)?;
+    let c = authorize(&state, &caller, name.as_str(), |p| p.pull).await?;
+    let row = &c.row;
+    Ok(Json(CacheConfig {
+        keypair: None,
+        substituter_endpoint: Some(substituter_endpoint(&state.config, &headers, &row.name)),
+        api_endpoint: Some(api_endpoint(&state.config, &headers)),
+        public_key: Some(c.keypair.public_key().to_canonical_string()),
+        is_public: Some(row.is_public),
+        store_dir: Some(row.store_dir.clone()),
+        priority: Some(row.priority),
+        upstream_cache_key_names: Some(row.upstream_cache_key_names.clone()),
+        retention_period: Some(match row.retention_period {
+            None => RetentionPeriodConfig::Global,
+            Some(p) => RetentionPeriodConfig::Period(p.clamp(0, u32::MAX as i64) as u32),
+        }),
+    }))
+}
+
+fn keypair_for(name: &str, k: &KeypairConfig) -> ServerResult<String> {
+    let kp = match k {
+        KeypairConfig::Generate => Keypair::generate(name).map_err(ServerError::internal)?,
+        KeypairConfig::Keypair(s) => {
+            Keypair::parse(s).map_err(|e| ServerError::request(format!("invalid keypair: {e}")))?
+        }
+    };
+    Ok(kp.to_canonical_string())
+}
+
+fn check_store_dir(dir: &str) -> ServerResult<()> {
+    if !dir.starts_with('/') || dir.len() > 1024 || dir.split('/').any(|p| p == "..") {
+        return Err(ServerError::request("store_dir must be an absolute path"));
+    }
+    Ok(())
+}
+
+pub async fn create_cache(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(cache): Path<String>,
+    body: Bytes,
+) -> ServerResult<()> {
+    let name = parse_cache(&cache)?;
+    let perm = caller.permission(name.as_str());
+    if perm.is_empty() {
+        return Err(caller.unauthorized());
+    }
+    if !perm.create_cache {
+        return Err(ServerError::AccessError);
+    }
+    let req: CreateCacheRequest = parse_json(&body)?;
+    check_store_dir(&req.store_dir)?;
+    let created = state
+        .db()
+        .create_cache(&NewCache {
+            declared: false,
+            name: name.to_string(),
+            keypair: keypair_for(name.as_str(), &req.keypair)?,
+            is_public: req.is_public,
+            store_dir: req.store_dir,
+            priority: req.priority,
+            upstream_cache_key_names: req.upstream_cache_key_names,
+            retention_period: None,
+        })
+        .await?;
+    state.forget_cache(name.as_str(), None);
+    if !created {
+        return Err(ServerError::CacheAlreadyExists);
+    }
+    tracing::info!(cache = %name, by = caller.subject().as_deref().unwrap_or("-"), "cache created");
+    Ok(())
+}
+
+pub async fn configure_cache(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(cache): Path<String>,
+    body: Bytes,
+) -> ServerResult<()> {
+    let name = parse_cache(&cache)?;
+    let req: CacheConfig = parse_json(&body)?;
+    let needs_retention = req.retention_period.is_some();
+    let c = authorize(&state, &caller, name.as_str(), |p| {
+        p.configure_cache && (!needs_retention || p.configure_cache_retention)
+    })
+    .await?;
+    if let Some(dir) = &req.store_dir {
+        check_store_dir(dir)?;
+    }
+    let patch = CachePatch {
+        keypair: req
+            .keypair
+            .as_ref()
+            .map(|k| keypair_for(name.as_str(), k))
+            .transpose()?,
+        is_public: req.is_public,
+        store_dir: req.store_dir,
+        priority: req.priority,
+        upstream_cache_key_names: req.upstream_cache_key_names,
+        retention_period: req.retention_period.map(|r| match r {
+            RetentionPeriodConfig::Global => None,
+            RetentionPeriodConfig::Period(p) => Some(p as i64),
+        }),
+    };
+    if patch.is_empty() {
+        return Err(ServerError::request("No modifiable fields were set."));
+    }
+    if let Some(Some(p)) = patch.retention_period {
+        if p > i32::MAX as i64 {
+            return Err(ServerError::request("retention period is too large"));
+        }
+    }
+    let updated = state.db().update_cache(c.row.id, &patch).await?;
+    state.forget_cache(name.as_str(), Some(c.row.id));
+    if !updated {
+        return Err(ServerError::NoSuchCache);
+    }
+    Ok(())
+}
+
+pub async fn destroy_cache(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(cache): Path<String>,
+) -> ServerResult<()> {
+    let name = parse_cache(&cache)?;
+    let c = authorize(&state, &caller, name.as_str(), |p| p.destroy_cache).await?;
+    let deleted = state
+        .db()
+        .delete_cache(c.row.id, state.config.soft_delete_caches)
+        .await?;
+    state.forget_cache(name.as_str(), Some(c.row.id));
+    if !deleted {
+        return Err(ServerError::NoSuchCache);
+    }
+    tracing::info!(cache = %name, by = caller.subject().as_deref().unwrap_or("-"), "cache destroyed");
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The Nix-facing side: `nix-cache-info`, `<hash>.narinfo`, `nar/<hash>.nar`.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::{authorize, Caller};
+use super::state::{CacheEntry, SharedState};
+use crate::db::ObjectRow;
+use crate::error::{ServerError, ServerResult};
+use garret_core::cache_name::CacheName;
+use garret_core::nix::narinfo::NarInfo;
+use garret_core::nix::signing::fingerprint;
+use garret_core::nix::store_path::StorePathHash;
+use garret_core::nix::Sha256Hash;
+
+pub(super) fn parse_cache(name: &str) -> ServerResult<CacheName> {
+    CacheName::parse(name).map_err(|e| ServerError::request(e.to_string()))
+}
+
+/// `<hash>.<ext>` with exactly the expected extension, else 404 as Attic does.
+pub(super) fn parse_file(file: &str, ext: &str) -> ServerResult<StorePathHash> {
+    let (hash, got) = file.split_once('.').ok_or(ServerError::NotFound)?;
+    if got != ext {
+        return Err(ServerError::NotFound);
+    }
+    StorePathHash::parse(hash).map_err(|e| ServerError::request(e.to_string()))
+}
+
+fn with_visibility(mut resp: Response, cache: &CacheEntry) -> Response {
+    if cache.row.is_public {
+        resp.headers_mut().insert(
+            "x-attic-cache-visibility",
+            HeaderValue::from_static("public"),
+        );
+    }
+    resp
+}
+
+pub async fn nix_cache_info(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(cache): Path<String>,
+) -> ServerResult<Response> {
+    let name = parse_cache(&cache)?;
+    let c = authorize(&state, &caller, name.as_str(), |p| p.pull).await?;
+    let body = format!(
+        "WantMassQuery: 1\nStoreDir: {}\nPriority: {}\n",
+        c.row.store_dir, c.row.priority
+    );
+    let resp = ([(header::CONTENT_TYPE, "text/x-nix-cache-info")], body).into_response();
+    Ok(with_visibility(resp, &c))
+}
+
+pub async fn narinfo(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((cache, file)): Path<(String, String)>,
+) -> ServerResult<Response> {
+    let name = parse_cache(&cache)?;
+    let hash = parse_file(&file, "narinfo")?;
+    let c = authorize(&state, &caller, name.as_str(), |p| p.pull).await?;
+    let key = (c.row.id, hash.as_str().to_string());
+    let text = match state.narinfos.get(&key) {
+        Some(t) => t,
+        None => {
+            let obj = state
+                .db()
+                .find_object(c.row.id, hash.as_str())
+                .await?
+                .ok_or(ServerError::NoSuchObject)?;
+            let text: std::sync::Arc<str> = render_narinfo(&c, &obj)?.into();
+            state.narinfos.insert(key, text.clone());
+            text
+        }
+    };
+    let resp = (
+        [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
+        text.as_ref().to_owned(),
+    )
+        .into_response();
+    Ok(with_visibility(resp, &c))
+}
+
+/// The narinfo of an object, signed with the cache's key (pushers never hold the key).
+pub fn render_narinfo(cache: &CacheEntry, obj: &ObjectRow) -> ServerResult<String> {
+    let nar_hash = Sha256Hash::parse_attic(&obj.nar_hash).map_err(ServerError::internal)?;
+    let nar_size = obj.nar_size as u64;
+    let fp = fingerprint(&obj.store_path, &nar_hash, nar_size, &obj.references)
+        .map_err(ServerError::internal)?;
+    let info = NarInfo {
+        store_path: obj.store_path.clone(),
+        url: format!("nar/{}.nar", obj.store_path_hash),
+        compression: obj.compression.clone(),
+        file_hash: None,
+        file_size: None,
+        nar_hash,
+        nar_size,
+        references: obj.references.clone(),
+        deriver: obj.deriver.clone(),
+        sigs: vec![cache.keypair.sign(&fp)],
+        ca: obj.ca.clone(),
+        system: None,
+    };
+    Ok(info.render())
+}
+
+pub async fn nar(
+    State(state): State<SharedState>,
+    caller: Caller,
+    method: Method,
+    Path((cache, file)): Path<(String, String)>,
+) -> ServerResult<Response> {
+    let name = parse_cache(&cache)?;
+    // Nix probes `nar/<file hash>.nar.xz` before uploading: anything that is not one of
+    // our own `<store path hash>.nar` names is simply absent.
+    let hash = parse_file(&file, "nar").map_err(|_| ServerError::NotFound)?;
+    let c = authorize(&state, &caller, name.as_str(), |p| p.pull).await?;
+    let obj = state
+        .db()
+        .find_object(c.row.id, hash.as_str())
+        .await?
+        .ok_or(ServerError::NoSuchObject)?;
+    let stream = state.store.open_nar(obj.nar_id).await?;
+    if method != Method::HEAD {
+        let db = state.db().clone();
+        tokio::spawn(async move {
+            if let Err(e) = db.touch_object(obj.id).await {
+                tracing::debug!(error = %e, "could not record an access");
+            }
+        });
+    }
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-nix-nar")
+        .body(Body::from_stream(stream))
+        .map_err(ServerError::internal)?;
+    Ok(with_visibility(resp, &c))
+}

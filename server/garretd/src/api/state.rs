@@ -1,0 +1,123 @@
+//! Shared per-process state, and the in-memory caches that keep per-request work off the
+//! hot path: verified tokens, cache rows with parsed keys, rendered narinfos.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+use crate::config::Config;
+use crate::db::{CacheRow, Database};
+use crate::error::ServerResult;
+use crate::store::Store;
+use garret_core::nix::signing::Keypair;
+use garret_core::token::{Claims, Rejection, RevocationList, Verifier};
+
+/// A cache row with its keypair parsed once.
+#[derive(Debug)]
+pub struct CacheEntry {
+    pub row: CacheRow,
+    pub keypair: Keypair,
+}
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub verifier: Verifier,
+    /// Replaced whole when the revocation file changes.
+    revoked: std::sync::RwLock<Arc<RevocationList>>,
+    tokens: Cache<[u8; 32], Result<Arc<Claims>, Rejection>>,
+    caches: Cache<String, Option<Arc<CacheEntry>>>,
+    /// (cache id, store path hash) → narinfo text, already signed.
+    pub narinfos: Cache<(i64, String), Arc<str>>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// How long another replica's change may take to show here.
+const CACHE_ROW_TTL: Duration = Duration::from_secs(5);
+const NARINFO_TTL: Duration = Duration::from_secs(10);
+const TOKEN_TTL: Duration = Duration::from_secs(60);
+
+impl AppState {
+    pub fn new(config: Config, store: Store, verifier: Verifier) -> SharedState {
+        Arc::new(AppState {
+            config,
+            store,
+            verifier,
+            revoked: Default::default(),
+            tokens: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(TOKEN_TTL)
+                .build(),
+            caches: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(CACHE_ROW_TTL)
+                .build(),
+            narinfos: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(NARINFO_TTL)
+                .support_invalidation_closures()
+                .build(),
+        })
+    }
+
+    pub fn db(&self) -> &Database {
+        self.store.db()
+    }
+
+    /// Verifies a bearer token, remembering the verdict by the token's hash (never the
+    /// token itself). Expiry is re-checked on every use.
+    pub fn verify_token(&self, token: &str) -> Result<Arc<Claims>, Rejection> {
+        let now = garret_core::clock::unix_now();
+        let key = garret_core::token::token_fingerprint(token);
+        let verdict = self
+            .tokens
+            .get_with(key, || self.verifier.verify(token, now).map(Arc::new));
+        if let Ok(claims) = &verdict {
+            if claims.exp.is_some_and(|exp| exp < now) {
+                return Err(Rejection::Expired);
+            }
+            if self
+                .revoked
+                .read()
+                .map(|r| r.is_revoked(claims))
+                .unwrap_or(true)
+            {
+                return Err(Rejection::Revoked);
+            }
+        }
+        verdict
+    }
+
+    pub fn set_revocations(&self, list: RevocationList) {
+        if let Ok(mut r) = self.revoked.write() {
+            *r = Arc::new(list);
+        }
+    }
+
+    /// A live cache by name, from memory when recently seen.
+    pub async fn cache(&self, name: &str) -> ServerResult<Option<Arc<CacheEntry>>> {
+        if let Some(hit) = self.caches.get(name) {
+            return Ok(hit);
+        }
+        let entry = match self.db().get_cache(name).await? {
+            Some(row) => {
+                let keypair =
+                    Keypair::parse(&row.keypair).map_err(crate::error::ServerError::internal)?;
+                Some(Arc::new(CacheEntry { row, keypair }))
+            }
+            None => None,
+        };
+        self.caches.insert(name.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Forgets everything remembered about a cache after it changed.
+    pub fn forget_cache(&self, name: &str, id: Option<i64>) {
+        self.caches.invalidate(name);
+        if let Some(id) = id {
+            let _ = self.narinfos.invalidate_entries_if(move |k, _| k.0 == id);
+        }
+    }
+}

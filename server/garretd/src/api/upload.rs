@@ -1,0 +1,207 @@
+//! Attic's push side: `get-missing-paths` and `upload-path`.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use futures::{Stream, StreamExt};
+
+use super::auth::{authorize, Caller};
+use super::cache_config::parse_json;
+use super::nix_read::parse_cache;
+use super::state::SharedState;
+use crate::db::NewObject;
+use crate::error::{ServerError, ServerResult};
+use crate::store::{NarClaim, UploadOutcome};
+use garret_core::nix::store_path::{validate_base_name, StorePath, StorePathHash};
+use garret_core::nix::Sha256Hash;
+use garret_core::wire::{
+    GetMissingPathsRequest, GetMissingPathsResponse, UploadPathNarInfo, UploadPathResult,
+    UploadPathResultKind, NAR_INFO_HEADER, NAR_INFO_PREAMBLE_SIZE_HEADER,
+};
+
+/// At most this many hashes per get-missing-paths call (a closure of 100k paths is huge).
+const MAX_QUERY_PATHS: usize = 100_000;
+
+pub async fn get_missing_paths(
+    State(state): State<SharedState>,
+    caller: Caller,
+    body: Bytes,
+) -> ServerResult<Json<GetMissingPathsResponse>> {
+    let req: GetMissingPathsRequest = parse_json(&body)?;
+    let name = parse_cache(&req.cache)?;
+    if req.store_path_hashes.len() > MAX_QUERY_PATHS {
+        return Err(ServerError::request(format!(
+            "at most {MAX_QUERY_PATHS} paths per query"
+        )));
+    }
+    for h in &req.store_path_hashes {
+        StorePathHash::parse(h).map_err(|e| ServerError::request(format!("{e} ({h:?})")))?;
+    }
+    let c = authorize(&state, &caller, name.as_str(), |p| p.push).await?;
+    let missing = state
+        .db()
+        .missing_paths(c.row.id, &req.store_path_hashes)
+        .await?;
+    Ok(Json(GetMissingPathsResponse {
+        missing_paths: missing,
+    }))
+}
+
+type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send>>;
+
+/// Reads the upload info from the header or the body preamble; returns it with the NAR
+/// stream that follows.
+async fn upload_info(
+    headers: &HeaderMap,
+    stream: &mut BodyStream,
+    max_size: usize,
+) -> ServerResult<UploadPathNarInfo> {
+    if let Some(size) = headers.get(NAR_INFO_PREAMBLE_SIZE_HEADER) {
+        let size: usize = size
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                ServerError::request("X-Attic-Nar-Info-Preamble-Size is not a number")
+            })?;
+        if size > max_size {
+            return Err(ServerError::request(format!(
+                "Upload info is too large ({size} bytes, limit {max_size})"
+            )));
+        }
+        let mut buf = Vec::with_capacity(size);
+        let mut rest = Bytes::new();
+        while buf.len() < size {
+            match stream.next().await {
+                Some(Ok(mut piece)) => {
+                    let take = (size - buf.len()).min(piece.len());
+                    buf.extend_from_slice(&piece[..take]);
+                    rest = piece.split_off(take);
+                }
+                Some(Err(e)) => {
+                    return Err(ServerError::request(format!(
+                        "reading the upload body failed: {e}"
+                    )))
+                }
+                None => {
+                    return Err(ServerError::request(
+                        "the body ended inside the upload info preamble",
+                    ))
+                }
+            }
+        }
+        let info = parse_json(&buf)?;
+        let tail = std::mem::replace(stream, Box::pin(futures::stream::empty()));
+        *stream = Box::pin(futures::stream::once(async move { Ok(rest) }).chain(tail));
+        return Ok(info);
+    }
+    let header = headers
+        .get(NAR_INFO_HEADER)
+        .ok_or_else(|| ServerError::request("X-Attic-Nar-Info must be set"))?;
+    parse_json(header.as_bytes())
+}
+
+/// After refusing an upload, read (and drop) what the client is still sending, so it gets
+/// to read our error instead of a connection reset. Bounded in bytes and time.
+async fn drain(stream: &mut BodyStream) {
+    const MAX_DRAIN: u64 = 1 << 30;
+    let mut n = 0u64;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(piece)) = stream.next().await {
+            n += piece.len() as u64;
+            if n > MAX_DRAIN {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Checks everything about the upload info that can be checked before reading the NAR.
+fn validate(info: &UploadPathNarInfo) -> ServerResult<(StorePath, NarClaim)> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        ServerError::request(format!("invalid {what}: {e}"))
+    };
+    let hash =
+        StorePathHash::parse(&info.store_path_hash).map_err(|e| bad("store_path_hash", &e))?;
+    let path = StorePath::parse(&info.store_path).map_err(|e| bad("store_path", &e))?;
+    if path.hash().as_str() != hash.as_str() {
+        return Err(ServerError::request(
+            "store_path does not match store_path_hash",
+        ));
+    }
+    for r in &info.references {
+        validate_base_name(r).map_err(|e| bad("reference", &e))?;
+    }
+    if let Some(d) = &info.deriver {
+        validate_base_name(d).map_err(|e| bad("deriver", &e))?;
+    }
+    let nar_hash = Sha256Hash::parse_attic(&info.nar_hash).map_err(|e| bad("nar_hash", &e))?;
+    if info.nar_size == 0 {
+        return Err(ServerError::request("nar_size must not be zero"));
+    }
+    Ok((
+        path,
+        NarClaim {
+            nar_hash,
+            nar_size: info.nar_size,
+        },
+    ))
+}
+
+pub async fn upload_path(
+    State(state): State<SharedState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ServerResult<Json<UploadPathResult>> {
+    let mut stream: BodyStream = Box::pin(body.into_data_stream());
+    let res = receive(&state, &caller, &headers, &mut stream).await;
+    if res.is_err() {
+        drain(&mut stream).await;
+    }
+    res
+}
+
+async fn receive(
+    state: &SharedState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    stream: &mut BodyStream,
+) -> ServerResult<Json<UploadPathResult>> {
+    let info = upload_info(headers, stream, state.config.max_nar_info_size).await?;
+    let name = parse_cache(&info.cache)?;
+    let (path, claim) = validate(&info)?;
+    let c = authorize(state, caller, name.as_str(), |p| p.push).await?;
+    let obj = NewObject {
+        cache_id: c.row.id,
+        store_path_hash: path.hash().to_string(),
+        store_path: info.store_path.clone(),
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
+        sigs: info.sigs.clone(),
+        ca: info.ca.clone(),
+        created_by: caller.subject(),
+    };
+    let outcome = state.store.ingest(obj, claim, stream).await?;
+    state
+        .narinfos
+        .invalidate(&(c.row.id, path.hash().to_string()));
+    tracing::info!(cache = %name, path = %info.store_path, ?outcome, "path uploaded");
+    Ok(Json(match outcome {
+        UploadOutcome::Deduplicated => UploadPathResult {
+            kind: UploadPathResultKind::Deduplicated,
+            file_size: None,
+            frac_deduplicated: None,
+        },
+        UploadOutcome::Uploaded {
+            file_size,
+            frac_deduplicated,
+        } => UploadPathResult {
+            kind: UploadPathResultKind::Uploaded,
+            file_size: Some(file_size),
+            frac_deduplicated,
+        },
+    }))
+}

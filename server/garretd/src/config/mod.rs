@@ -1,0 +1,497 @@
+//! Server configuration: Attic's `server.toml` keys, plus embedded defaults rooted in a data
+//! directory so `garretd serve --data-dir DIR` needs no file at all.
+//!
+//! Sources, later wins: built-in defaults → data-dir defaults → TOML file (`--config`, or
+//! `ATTIC_SERVER_CONFIG_BASE64`) → `GARRETD_<SECTION>__<KEY>` environment overrides.
+
+mod env;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use serde::Deserialize;
+
+use garret_core::duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    pub api_endpoint: Option<String>,
+    pub substituter_endpoint: Option<String>,
+    #[serde(default)]
+    pub soft_delete_caches: bool,
+    #[serde(default = "yes")]
+    pub require_proof_of_possession: bool,
+    #[serde(default = "default_max_nar_info_size")]
+    pub max_nar_info_size: usize,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    pub storage: Option<StorageConfig>,
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
+    #[serde(default)]
+    pub compression: CompressionConfig,
+    #[serde(default)]
+    pub garbage_collection: GcConfig,
+    #[serde(default)]
+    pub jwt: JwtConfig,
+    /// Where embedded defaults live (SQLite file, chunk folder, generated token secret).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Garret: caches declared in configuration, created or updated at start and whenever
+    /// the file changes (`[[caches]]` tables).
+    #[serde(default)]
+    pub caches: Vec<DeclaredCache>,
+}
+
+/// A cache as configuration declares it. Unset fields keep their current value (or the
+/// API's default on creation).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DeclaredCache {
+    pub name: String,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    #[serde(default = "default_store_dir")]
+    pub store_dir: String,
+    /// `None` = the global default; `"0"` = keep forever.
+    #[serde(default, with = "duration::serde_humantime_opt")]
+    pub retention_period: Option<Duration>,
+    #[serde(default = "default_upstream")]
+    pub upstream_cache_key_names: Vec<String>,
+    /// A file holding the cache's signing keypair (`name:base64`), e.g. a mounted Secret.
+    pub signing_key_file: Option<PathBuf>,
+    /// An environment variable holding the keypair instead.
+    pub signing_key_env: Option<String>,
+}
+
+fn default_priority() -> i32 {
+    41
+}
+fn default_store_dir() -> String {
+    "/nix/store".into()
+}
+fn default_upstream() -> Vec<String> {
+    vec!["cache.nixos.org-1".into()]
+}
+
+fn default_listen() -> String {
+    "[::]:8080".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_nar_info_size() -> usize {
+    1 << 20
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Option<String>,
+    #[serde(default)]
+    pub heartbeat: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StorageConfig {
+    Local {
+        path: PathBuf,
+        /// Write packs with `O_DIRECT` where the filesystem allows (Garret's addition;
+        /// `false` keeps every write in the page cache).
+        #[serde(default = "default_direct_io", rename = "direct-io")]
+        direct_io: bool,
+    },
+    S3(S3Config),
+}
+
+fn default_direct_io() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct S3Config {
+    pub region: String,
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub credentials: Option<S3Credentials>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// FastCDC parameters. Attic requires the section; without it Garret uses the values of
+/// Attic's generated config (64 KiB average). Chunks are packed into storage objects per
+/// upload batch, so small chunks no longer mean many small files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ChunkingConfig {
+    pub nar_size_threshold: usize,
+    pub min_size: usize,
+    pub avg_size: usize,
+    pub max_size: usize,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        Self {
+            nar_size_threshold: 64 * 1024,
+            min_size: 16 * 1024,
+            avg_size: 64 * 1024,
+            max_size: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompressionType {
+    None,
+    Zstd,
+    Brotli,
+    Xz,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CompressionConfig {
+    #[serde(rename = "type", default = "default_compression")]
+    pub kind: CompressionType,
+    pub level: Option<i32>,
+}
+
+fn default_compression() -> CompressionType {
+    CompressionType::Zstd
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            kind: CompressionType::Zstd,
+            level: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GcConfig {
+    #[serde(default = "default_gc_interval", with = "duration::serde_humantime")]
+    pub interval: Duration,
+    #[serde(default, with = "duration::serde_humantime")]
+    pub default_retention_period: Duration,
+    /// Garret: how long unreferenced NARs and chunks rest before deletion, so uploads in
+    /// flight can still claim them.
+    #[serde(default = "default_orphan_grace", with = "duration::serde_humantime")]
+    pub orphan_grace_period: Duration,
+}
+
+fn default_orphan_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_gc_interval() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_gc_interval(),
+            default_retention_period: Duration::ZERO,
+            orphan_grace_period: default_orphan_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JwtConfig {
+    pub token_bound_issuer: Option<String>,
+    pub token_bound_audiences: Option<Vec<String>>,
+    /// Garret: a file listing revoked tokens, one `jti` (or `sub:<subject>`) per line;
+    /// re-read whenever it changes.
+    pub revocation_list: Option<PathBuf>,
+    pub signing: Option<JwtSigning>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JwtSigning {
+    pub token_rs256_pubkey_base64: Option<String>,
+    pub token_rs256_secret_base64: Option<String>,
+    pub token_hs256_secret_base64: Option<String>,
+}
+
+impl std::fmt::Debug for JwtSigning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtSigning { .. }")
+    }
+}
+
+/// Where a configuration came from, as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+}
+
+impl Config {
+    pub fn gc_settings(&self) -> crate::gc::GcSettings {
+        crate::gc::GcSettings {
+            default_retention: self.garbage_collection.default_retention_period,
+            orphan_grace: self.garbage_collection.orphan_grace_period,
+        }
+    }
+
+    /// Loads and validates the configuration, resolving embedded defaults.
+    pub fn load(src: &ConfigSource) -> anyhow::Result<Config> {
+        let text = match &src.file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?,
+            None => match std::env::var("ATTIC_SERVER_CONFIG_BASE64") {
+                Ok(b64) if !b64.is_empty() => {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(b64.trim())
+                        .context("ATTIC_SERVER_CONFIG_BASE64 is not valid base64")?;
+                    String::from_utf8(raw).context("ATTIC_SERVER_CONFIG_BASE64 is not UTF-8")?
+                }
+                _ => String::new(),
+            },
+        };
+        Self::from_toml(&text, src, env::vars_with_prefix("GARRETD_"))
+    }
+
+    /// Pure part of [`Config::load`]: text + command line + environment overrides.
+    pub fn from_toml(
+        text: &str,
+        src: &ConfigSource,
+        overrides: Vec<(String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut table: toml::Table = toml::from_str(text).context("parsing config TOML")?;
+        if table.contains_key("token-hs256-secret-base64") {
+            bail!("`token-hs256-secret-base64` must move into the `[jwt.signing]` section");
+        }
+        env::apply_overrides(&mut table, &overrides)?;
+        let mut cfg: Config = table.try_into().context("invalid configuration")?;
+        if let Some(listen) = &src.listen {
+            cfg.listen = listen.clone();
+        }
+        if src.data_dir.is_some() {
+            cfg.data_dir = src.data_dir.clone();
+        }
+        let needs_data_dir = cfg.storage.is_none()
+            || (cfg.database.url.is_none() && std::env::var("ATTIC_SERVER_DATABASE_URL").is_err());
+        if cfg.data_dir.is_none() && needs_data_dir {
+            cfg.data_dir = Some(default_data_dir());
+        }
+        if cfg.database.url.is_none() {
+            cfg.database.url = std::env::var("ATTIC_SERVER_DATABASE_URL").ok();
+        }
+        if let Some(dir) = cfg.data_dir.clone() {
+            if cfg.database.url.is_none() {
+                cfg.database.url = Some(format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.join("server.db").display()
+                ));
+            }
+            if cfg.storage.is_none() {
+                cfg.storage = Some(StorageConfig::Local {
+                    path: dir.join("storage"),
+                    direct_io: default_direct_io(),
+                });
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if let Some(ep) = &self.api_endpoint {
+            if !ep.ends_with('/') {
+                bail!("api-endpoint must end with '/' (got {ep:?})");
+            }
+        }
+        let c = &self.chunking;
+        if !(64..=c.avg_size).contains(&c.min_size) || c.avg_size < 256 || c.max_size < 1024 {
+            bail!("[chunking] needs 64 <= min-size <= avg-size, avg-size >= 256, max-size >= 1024");
+        }
+        if c.min_size > 1 << 20 || c.avg_size > 4 << 20 {
+            bail!("[chunking] min-size must be at most 1 MiB and avg-size at most 4 MiB");
+        }
+        if c.avg_size > c.max_size {
+            bail!("[chunking] avg-size must not exceed max-size");
+        }
+        if c.max_size > 16 << 20 {
+            bail!("[chunking] max-size above 16 MiB is not supported (chunks are held in memory)");
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.caches {
+            garret_core::cache_name::CacheName::parse(&c.name)?;
+            if !names.insert(c.name.as_str()) {
+                bail!("cache {:?} is declared twice", c.name);
+            }
+            if c.signing_key_file.is_some() && c.signing_key_env.is_some() {
+                bail!(
+                    "cache {:?}: set signing-key-file or signing-key-env, not both",
+                    c.name
+                );
+            }
+        }
+        if self.compression.kind == CompressionType::Brotli {
+            bail!("[compression] type = \"brotli\" is not supported: concatenated chunks would not decode; use zstd");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listen
+            .parse()
+            .with_context(|| format!("listen address {:?} is not ip:port", self.listen))
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database.url.as_deref().unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+}
+
+/// `$XDG_DATA_HOME/garret`, else `~/.local/share/garret`, else `./garret-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("garret");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/garret");
+    }
+    PathBuf::from("garret-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(dir: &str) -> ConfigSource {
+        ConfigSource {
+            data_dir: Some(dir.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn direct_io_can_be_turned_off() {
+        let c = Config::from_toml(
+            "[storage]\ntype = \"local\"\npath = \"/s\"\ndirect-io = false\n",
+            &src("/d"),
+            vec![],
+        )
+        .unwrap();
+        assert!(matches!(
+            c.storage,
+            Some(StorageConfig::Local {
+                direct_io: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn data_dir_alone_gives_sqlite_and_local_storage() {
+        let c = Config::from_toml("", &src("/d"), vec![]).unwrap();
+        assert_eq!(c.database_url(), "sqlite:///d/server.db?mode=rwc");
+        assert!(
+            matches!(c.storage, Some(StorageConfig::Local { ref path, direct_io: true }) if path == Path::new("/d/storage"))
+        );
+        assert_eq!(c.chunking.avg_size, 65536);
+        assert!(c.require_proof_of_possession);
+    }
+
+    #[test]
+    fn attic_server_toml_is_accepted() {
+        let text = r#"
+listen = "127.0.0.1:9000"
+allowed-hosts = ["cache.example.com"]
+api-endpoint = "https://cache.example.com/"
+[database]
+url = "postgresql:///attic?host=/run/postgresql"
+[storage]
+type = "s3"
+region = "garage"
+bucket = "attic"
+endpoint = "http://127.0.0.1:3900"
+[storage.credentials]
+access_key_id = "GK1"
+secret_access_key = "s"
+[chunking]
+nar-size-threshold = 131072
+min-size = 65536
+avg-size = 131072
+max-size = 262144
+[compression]
+type = "zstd"
+level = 3
+[garbage-collection]
+interval = "12 hours"
+default-retention-period = "6 months"
+[jwt]
+token-bound-issuer = "me"
+[jwt.signing]
+token-hs256-secret-base64 = "c2VjcmV0"
+"#;
+        let c = Config::from_toml(text, &ConfigSource::default(), vec![]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert!(c.data_dir.is_none());
+        assert!(matches!(c.storage, Some(StorageConfig::S3(ref s)) if s.bucket == "attic"));
+        assert_eq!(c.garbage_collection.interval, Duration::from_secs(43200));
+        assert_eq!(c.compression.level, Some(3));
+        assert!(
+            !format!("{c:?}").contains("c2VjcmV0"),
+            "secrets must not be in Debug output"
+        );
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_and_unknown_keys_fail() {
+        let c = Config::from_toml(
+            "",
+            &src("/d"),
+            vec![
+                ("GARRETD_COMPRESSION__LEVEL".into(), "1".into()),
+                ("GARRETD_API_ENDPOINT".into(), "http://x/".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.compression.level, Some(1));
+        assert_eq!(c.api_endpoint.as_deref(), Some("http://x/"));
+        assert!(Config::from_toml("bogus = 1", &src("/d"), vec![]).is_err());
+        assert!(Config::from_toml("api-endpoint = \"http://x\"", &src("/d"), vec![]).is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! Wiring: config → database, storage, store, verifier → HTTP server with graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::api::state::{AppState, SharedState};
+use crate::backend::{DynStorage, LocalStorage};
+use crate::config::{Config, ConfigSource, StorageConfig};
+use crate::db::Database;
+use crate::store::Store;
+use garret_core::token::Verifier;
+
+pub async fn open_storage(cfg: &Config) -> anyhow::Result<DynStorage> {
+    match cfg.storage.as_ref().context("no [storage] configured")? {
+        StorageConfig::Local { path, direct_io } => {
+            Ok(Arc::new(LocalStorage::open(path, *direct_io)?))
+        }
+        StorageConfig::S3(s3) => Ok(Arc::new(
+            crate::backend::S3Storage::new(s3).context("configuring S3 storage")?,
+        )),
+    }
+}
+
+/// Connects to everything and runs migrations.
+pub async fn build_state(cfg: Config) -> anyhow::Result<SharedState> {
+    let key = crate::secrets::load_signing_key(&cfg, true)?;
+    let verifier = Verifier::new(
+        key,
+        cfg.jwt.token_bound_issuer.clone(),
+        cfg.jwt.token_bound_audiences.clone(),
+    )
+    .context("preparing the token key")?;
+    let db = Database::connect(cfg.database_url()).await?;
+    db.migrate().await?;
+    let storage = open_storage(&cfg).await?;
+    crate::declare::apply(&db, &cfg.caches).await?;
+    let revoked = crate::watch::read_revocations(cfg.jwt.revocation_list.as_deref())?;
+    let store = Store::new(&cfg, db, storage)?;
+    let state = AppState::new(cfg, store, verifier);
+    state.set_revocations(revoked);
+    Ok(state)
+}
+
+/// How long in-flight requests may run after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub async fn serve(cfg: Config, source: ConfigSource) -> anyhow::Result<()> {
+    let addr = cfg.listen_addr()?;
+    let hint = first_token_hint(&cfg);
+    let state = build_state(cfg).await?;
+    spawn_gc_loop(&state);
+    crate::watch::spawn(state.clone(), source);
+    let app = crate::api::router(state);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(%local, "garretd listening");
+    eprintln!("garretd listening on http://{local}/");
+    if let Some(hint) = hint {
+        eprintln!("{hint}");
+    }
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let notify = signalled.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        notify.notify_one();
+    });
+    tokio::select! {
+        res = server => res.context("serving HTTP")?,
+        _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("in-flight requests did not finish within the shutdown grace period");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Told once at start: how to mint a first token for this server.
+fn first_token_hint(cfg: &Config) -> Option<String> {
+    let dir = cfg.data_dir()?;
+    Some(format!(
+        "Mint a first admin token with:\n  garretd make-token --data-dir {} --sub admin --validity '1 year' \\\n    --pull '*' --push '*' --delete '*' --create-cache '*' --configure-cache '*' \\\n    --configure-cache-retention '*' --destroy-cache '*'",
+        dir.display()
+    ))
+}
+
+/// Periodic GC inside the server (`[garbage-collection] interval`, 0 = off). Several
+/// replicas may run it at once: every phase is safe to repeat and to race.
+fn spawn_gc_loop(state: &SharedState) {
+    let interval = state.config.garbage_collection.interval;
+    if interval.is_zero() {
+        return;
+    }
+    let settings = state.config.gc_settings();
+    let db = state.store.db().clone();
+    let storage = state.store.storage().clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tick.tick().await;
+            if let Err(e) =
+                crate::gc::run_once(&db, &storage, settings, crate::gc::StopAfter::Never).await
+            {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "garbage collection failed; will retry"
+                );
+            }
+        }
+    });
+}
+
+/// `garretd gc`: one pass, then exit.
+pub async fn gc_once(
+    cfg: &Config,
+    stop: crate::gc::StopAfter,
+) -> anyhow::Result<crate::gc::GcReport> {
+    let db = Database::connect(cfg.database_url()).await?;
+    db.migrate().await?;
+    let storage = open_storage(cfg).await?;
+    crate::gc::run_once(&db, &storage, cfg.gc_settings(), stop).await
+}

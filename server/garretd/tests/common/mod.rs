@@ -1,0 +1,521 @@
+//! Shared test harness: a real `garretd` process on a random loopback port with its own
+//! data directory, tokens minted by its own `make-token`, and small NAR builders.
+#![allow(dead_code)]
+
+pub mod nix;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub const ALL_RIGHTS: &[&str] = &[
+    "--pull",
+    "*",
+    "--push",
+    "*",
+    "--delete",
+    "*",
+    "--create-cache",
+    "*",
+    "--configure-cache",
+    "*",
+    "--configure-cache-retention",
+    "*",
+    "--destroy-cache",
+    "*",
+];
+
+pub struct Garretd {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    /// Environment every garretd command of this server gets (e.g. its database URL).
+    pub env: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// With `GARRET_TEST_DATABASE=postgres`, every test server gets a fresh database on the
+/// cluster at `GARRET_TEST_POSTGRES_URL` (see .ci/postgres.sh); else SQLite in its data dir.
+pub fn database_env() -> Vec<(String, String)> {
+    if std::env::var("GARRET_TEST_DATABASE").as_deref() != Ok("postgres") {
+        return Vec::new();
+    }
+    let base = std::env::var("GARRET_TEST_POSTGRES_URL")
+        .expect("GARRET_TEST_POSTGRES_URL (eval \"$(bash .ci/postgres.sh start)\")");
+    let name = format!("garret_test_{}", uuid::Uuid::new_v4().simple());
+    let out = Command::new("psql")
+        .arg(format!("{base}/postgres"))
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "creating a test database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vec![("GARRETD_DATABASE__URL".into(), format!("{base}/{name}"))]
+}
+
+pub fn on_postgres() -> bool {
+    std::env::var("GARRET_TEST_DATABASE").as_deref() == Ok("postgres")
+}
+
+impl Drop for Garretd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn garretd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_garretd")
+}
+
+/// A binary of another workspace package (e.g. the client's `garret`), which cargo does not
+/// hand to this package's tests: taken from `GARRET_BIN_DIR`, else from the profile directory
+/// this test binary runs from (`target/<profile>/deps/..`). `.ci/test.sh` builds every
+/// workspace binary before the tests.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let dir = match std::env::var_os("GARRET_BIN_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent()?.parent().map(|p| p.to_path_buf()))
+            .expect("the test binary's own path"),
+    };
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (with the same profile) first, \
+         or point GARRET_BIN_DIR at a directory holding it",
+        bin.display()
+    );
+    bin
+}
+
+impl Garretd {
+    /// Embedded defaults in a fresh data directory.
+    pub fn start() -> Garretd {
+        Self::start_with(None, &[])
+    }
+
+    /// Starts with an optional config file text (written into the data dir) and extra env.
+    pub fn start_with(config: Option<&str>, env: &[(&str, &str)]) -> Garretd {
+        let tmp = tempfile::Builder::new()
+            .prefix("garretd-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let config_path = config.map(|text| {
+            let p = tmp.path().join("server.toml");
+            std::fs::write(&p, text).expect("write config");
+            p
+        });
+        let mut all_env = database_env();
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut g = Self::spawn(&data_dir, config_path.as_deref(), all_env);
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// A `garretd` command for this server: same data dir, config and environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(garretd_bin());
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Starts another server process on the same data dir, config and database.
+    pub fn sibling(&self) -> Garretd {
+        Self::spawn(&self.data_dir, self.config.as_deref(), self.env.clone())
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same state.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let tmp = self._tmp.take();
+        *self = self.sibling();
+        self._tmp = tmp;
+    }
+
+    pub fn spawn(data_dir: &Path, config: Option<&Path>, env: Vec<(String, String)>) -> Garretd {
+        let mut cmd = Command::new(garretd_bin());
+        cmd.arg("--data-dir").arg(data_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("GARRETD_LOG", "garret=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = cmd.spawn().expect("spawn garretd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("garretd listening on ") {
+                    let _ = tx.send(url.trim_end_matches('/').to_string());
+                }
+                eprintln!("[garretd] {line}");
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("garretd did not start listening");
+            }
+        };
+        Garretd {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            env,
+            _tmp: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs `garretd make-token` against this server's key.
+    pub fn token(&self, sub: &str, validity: &str, rights: &[&str]) -> String {
+        let out = self
+            .command()
+            .args(["make-token", "--sub", sub, "--validity", validity])
+            .args(rights)
+            .output()
+            .expect("run make-token");
+        assert!(
+            out.status.success(),
+            "make-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    }
+
+    /// Runs another garretd command (e.g. `gc`) on this server's data dir and config.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let out = self
+            .command()
+            .args(args)
+            .env("GARRETD_LOG", "info")
+            .output()
+            .expect("run garretd");
+        eprintln!(
+            "$ garretd {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// One value from the server's database (SQLite file or PostgreSQL).
+    pub fn sql(&self, query: &str) -> String {
+        self.sql_rows(query).into_iter().next().unwrap_or_default()
+    }
+
+    /// The first column of every row a query returns.
+    pub fn sql_rows(&self, query: &str) -> Vec<String> {
+        let out = if let Some((_, url)) =
+            self.env.iter().find(|(k, _)| k == "GARRETD_DATABASE__URL")
+        {
+            Command::new("psql")
+                .arg(url)
+                .args(["-tA", "-c", query])
+                .output()
+                .expect("psql")
+        } else {
+            Command::new("python3")
+                .arg("-c")
+                .arg("import sqlite3,sys\nfor r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchall(): print(r[0])")
+                .arg(self.data_dir.join("server.db"))
+                .arg(query)
+                .output()
+                .expect("python3")
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.sql(&format!("SELECT COUNT(*) FROM {table}"))
+            .parse()
+            .expect("a count")
+    }
+
+    /// Names of the files in local storage (one per pack of chunks), temporary ones aside.
+    pub fn storage_files(&self) -> std::collections::BTreeSet<String> {
+        fn walk(p: &Path, out: &mut std::collections::BTreeSet<String>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue; // .incoming: temporary files and the readiness probe
+                }
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.insert(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut out = Default::default();
+        walk(&self.data_dir.join("storage"), &mut out);
+        out
+    }
+
+    /// Total size of the files in local storage.
+    pub fn storage_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.data_dir.join("storage"))
+    }
+
+    /// Number of files in local storage.
+    pub fn chunk_files(&self) -> usize {
+        self.storage_files().len()
+    }
+
+    /// Number of distinct packs the chunk rows point at.
+    pub fn packs(&self) -> i64 {
+        self.sql("SELECT COUNT(DISTINCT storage_key) FROM chunks")
+            .parse()
+            .expect("a count")
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.token("admin", "1 hour", ALL_RIGHTS)
+    }
+
+    pub fn client(&self) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: self.url.clone(),
+        }
+    }
+}
+
+/// A thin HTTP helper for the Attic API.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, self.url(path));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    /// GET cache-config: the status and the JSON body (null when there is none).
+    pub async fn cache_config(
+        &self,
+        token: Option<&str>,
+        cache: &str,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let r = self
+            .req(
+                reqwest::Method::GET,
+                &format!("_api/v1/cache-config/{cache}"),
+                token,
+            )
+            .send()
+            .await
+            .expect("send");
+        let status = r.status();
+        (status, r.json().await.unwrap_or_default())
+    }
+
+    /// PATCH cache-config with a JSON body.
+    pub async fn patch_config(
+        &self,
+        token: &str,
+        cache: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.req(
+            reqwest::Method::PATCH,
+            &format!("_api/v1/cache-config/{cache}"),
+            Some(token),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+    }
+
+    /// The cache's public signing key, as `nix.conf` wants it.
+    pub async fn public_key(&self, token: Option<&str>, cache: &str) -> String {
+        let (status, cfg) = self.cache_config(token, cache).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "cache-config of {cache}");
+        cfg["public_key"].as_str().expect("public_key").to_string()
+    }
+
+    pub async fn create_cache(&self, token: &str, name: &str, public: bool) -> reqwest::Response {
+        self.req(
+            reqwest::Method::POST,
+            &format!("_api/v1/cache-config/{name}"),
+            Some(token),
+        )
+        .json(&serde_json::json!({
+            "keypair": "Generate", "is_public": public, "store_dir": "/nix/store",
+            "priority": 41, "upstream_cache_key_names": ["cache.nixos.org-1"]
+        }))
+        .send()
+        .await
+        .expect("send")
+    }
+
+    /// Uploads with the `X-Attic-Nar-Info` header form.
+    pub async fn upload(
+        &self,
+        token: Option<&str>,
+        info: &serde_json::Value,
+        nar: Vec<u8>,
+    ) -> reqwest::Response {
+        self.req(reqwest::Method::PUT, "_api/v1/upload-path", token)
+            .header("X-Attic-Nar-Info", info.to_string())
+            .body(nar)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// Uploads with the body preamble form.
+    pub async fn upload_preamble(
+        &self,
+        token: Option<&str>,
+        info: &serde_json::Value,
+        nar: Vec<u8>,
+    ) -> reqwest::Response {
+        let json = info.to_string().into_bytes();
+        let mut body = json.clone();
+        body.extend_from_slice(&nar);
+        self.req(reqwest::Method::PUT, "_api/v1/upload-path", token)
+            .header("X-Attic-Nar-Info-Preamble-Size", json.len().to_string())
+            .body(body)
+            .send()
+            .await
+            .expect("send")
+    }
+}
+
+// ---- NARs -------------------------------------------------------------------------------
+
+fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    let pad = (8 - s.len() % 8) % 8;
+    out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+/// A NAR holding one regular file.
+pub fn nar_of_file(contents: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
+        nar_str(&mut out, t);
+    }
+    nar_str(&mut out, contents);
+    nar_str(&mut out, b")");
+    out
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random bytes (incompressible, no two seeds alike).
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// A valid-looking store path hash derived from a seed.
+pub fn fake_hash(seed: &str) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let d = Sha256::digest(seed.as_bytes());
+    (0..32)
+        .map(|i| ALPHABET[(d[i] % 32) as usize] as char)
+        .collect()
+}
+
+/// Upload info for a NAR under a made-up store path.
+pub fn upload_info(
+    cache: &str,
+    name: &str,
+    nar: &[u8],
+    references: &[String],
+) -> serde_json::Value {
+    let hash = fake_hash(name);
+    serde_json::json!({
+        "cache": cache,
+        "store_path_hash": hash,
+        "store_path": format!("/nix/store/{hash}-{name}"),
+        "references": references,
+        "system": null, "deriver": null, "sigs": [], "ca": null,
+        "nar_hash": format!("sha256:{}", sha256_hex(nar)),
+        "nar_size": nar.len(),
+    })
+}

@@ -1,0 +1,236 @@
+//! Caches declared in the config file, applied at start and on every change; the token
+//! revocation list, re-read while the server runs; and two replicas on one database and
+//! one storage behaving as one cache.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use reqwest::{Method, StatusCode};
+
+/// Polls until `check` holds (file watchers apply changes within a few seconds).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn jti_of(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    claims["jti"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn declared_caches_follow_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = garret_core::nix::signing::Keypair::generate("team-key-1").unwrap();
+    let key_file = dir.path().join("team.key");
+    std::fs::write(&key_file, key.to_canonical_string()).unwrap();
+    let config = |team_public: bool, team_priority: i32, extra: &str| {
+        format!(
+            "[[caches]]\nname = \"team\"\npublic = {team_public}\npriority = {team_priority}\nsigning-key-file = \"{}\"\nretention-period = \"30 days\"\n\n[[caches]]\nname = \"ci\"\n{extra}",
+            key_file.display()
+        )
+    };
+    let g = Garretd::start_with(Some(&config(true, 30, "")), &[]);
+    let api = g.client();
+    let admin = g.admin_token();
+
+    let (status, team) = api.cache_config(None, "team").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "declared public cache exists at start"
+    );
+    assert_eq!(team["public_key"], key.public_key().to_canonical_string());
+    assert_eq!(team["priority"], 30);
+    assert_eq!(team["retention_period"]["Period"], 30 * 86400);
+    let (status, ci) = api.cache_config(Some(&admin), "ci").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ci["is_public"], false);
+    let ci_key = ci["public_key"].clone();
+
+    // a cache made through the API is never touched by declarations of the same name
+    assert_eq!(
+        api.create_cache(&admin, "manual", false).await.status(),
+        StatusCode::OK
+    );
+    let manual_before = api.cache_config(Some(&admin), "manual").await.1;
+
+    let path = g.config.clone().unwrap();
+    std::fs::write(&path, config(false, 20, "priority = 50\n\n[[caches]]\nname = \"manual\"\npublic = true\n\n[[caches]]\nname = \"fresh\"\n")).unwrap();
+    eventually("team becomes private", || async {
+        api.cache_config(None, "team").await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    eventually("fresh is created", || async {
+        api.cache_config(Some(&admin), "fresh").await.0 == StatusCode::OK
+    })
+    .await;
+    let team = api.cache_config(Some(&admin), "team").await.1;
+    assert_eq!(team["priority"], 20);
+    assert_eq!(team["public_key"], key.public_key().to_canonical_string());
+    let ci = api.cache_config(Some(&admin), "ci").await.1;
+    assert_eq!(ci["priority"], 50);
+    assert_eq!(
+        ci["public_key"], ci_key,
+        "a generated key is kept across updates"
+    );
+    assert_eq!(
+        api.cache_config(Some(&admin), "manual").await.1,
+        manual_before
+    );
+
+    // an invalid file is ignored (the last good state stays)
+    std::fs::write(&path, "[[caches]]\nname = \"../bad\"\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        api.cache_config(Some(&admin), "team").await.0,
+        StatusCode::OK
+    );
+
+    // a restart applies the same declarations idempotently
+    std::fs::write(&path, config(false, 20, "priority = 50\n")).unwrap();
+    let mut g = g;
+    g.restart();
+    let api = g.client();
+    let ci = api.cache_config(Some(&admin), "ci").await.1;
+    assert_eq!(ci["public_key"], ci_key);
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_refused_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("revoked");
+    std::fs::write(&list, "# nothing revoked yet\n").unwrap();
+    let g = Garretd::start_with(
+        Some(&format!(
+            "[jwt]\nrevocation-list = \"{}\"\n",
+            list.display()
+        )),
+        &[],
+    );
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, "c", false).await.status(),
+        StatusCode::OK
+    );
+    let alice = g.token("alice", "1 hour", &["--pull", "c"]);
+    let alice2 = g.token("alice", "1 hour", &["--pull", "c"]);
+    let bob = g.token("bob", "1 hour", &["--pull", "c"]);
+    let bob2 = g.token("bob", "1 hour", &["--pull", "c"]);
+    for t in [&alice, &alice2, &bob, &bob2] {
+        assert_eq!(api.cache_config(Some(t), "c").await.0, StatusCode::OK);
+    }
+
+    std::fs::write(
+        &list,
+        format!("{}\nsub:bob # left the team\n", jti_of(&alice)),
+    )
+    .unwrap();
+    eventually("alice's first token is revoked", || async {
+        api.cache_config(Some(&alice), "c").await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let (_, body) = api.cache_config(Some(&alice), "c").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    assert_eq!(
+        api.cache_config(Some(&alice2), "c").await.0,
+        StatusCode::OK,
+        "only that jti is revoked"
+    );
+    assert_eq!(
+        api.cache_config(Some(&bob), "c").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.cache_config(Some(&bob2), "c").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // un-revoking works the same way
+    std::fs::write(&list, "").unwrap();
+    eventually("bob is allowed again", || async {
+        api.cache_config(Some(&bob), "c").await.0 == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_replicas_act_as_one_cache() {
+    let g = Garretd::start_with(Some("[[caches]]\nname = \"shared\"\n\n[garbage-collection]\ninterval = 0\norphan-grace-period = 0\n"), &[]);
+    let h = g.sibling();
+    let (a, b) = (g.client(), h.client());
+    let admin = g.admin_token();
+    // both applied the same declaration: one cache, one key
+    let ka = a.cache_config(Some(&admin), "shared").await.1["public_key"].clone();
+    let kb = b.cache_config(Some(&admin), "shared").await.1["public_key"].clone();
+    assert_eq!(ka, kb);
+
+    // the same NAR to both replicas at once ends as one NAR
+    let nar = nar_of_file(&noise(77, 3 << 20));
+    let info = upload_info("shared", "both", &nar, &[]);
+    let (ra, rb) = tokio::join!(
+        a.upload(Some(&admin), &info, nar.clone()),
+        b.upload(Some(&admin), &info, nar.clone())
+    );
+    assert_eq!(ra.status(), StatusCode::OK);
+    assert_eq!(rb.status(), StatusCode::OK);
+    let kinds = [
+        ra.json::<serde_json::Value>().await.unwrap()["kind"].clone(),
+        rb.json::<serde_json::Value>().await.unwrap()["kind"].clone(),
+    ];
+    assert!(
+        kinds.contains(&"Uploaded".into()) || kinds.iter().all(|k| k == "Deduplicated"),
+        "{kinds:?}"
+    );
+    assert_eq!(g.count("nars"), 1);
+    assert_eq!(g.count("objects"), 1);
+
+    // GC in both at once is safe; everything is served by both
+    let (mut c1, mut c2) = (g.command(), h.command());
+    let (p1, p2) = (c1.arg("gc").spawn().unwrap(), c2.arg("gc").spawn().unwrap());
+    let (o1, o2) = (
+        p1.wait_with_output().unwrap(),
+        p2.wait_with_output().unwrap(),
+    );
+    assert!(o1.status.success() && o2.status.success());
+    for api in [&a, &b] {
+        let r = api
+            .req(
+                Method::GET,
+                &format!("shared/nar/{}.nar", fake_hash("both")),
+                Some(&admin),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            zstd::decode_all(&r.bytes().await.unwrap()[..]).unwrap(),
+            nar
+        );
+    }
+    let dangling = g.sql(
+        "SELECT COUNT(*) FROM chunkrefs r JOIN chunks c ON c.id = r.chunk_id WHERE c.state != 'V'",
+    );
+    assert_eq!(dangling, "0");
+}
