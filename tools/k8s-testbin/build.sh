@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager (and helm v3) for the e2e
-# harness from the Go module proxy, into a cache directory outside the repo
-# keyed by the Kubernetes version.
+# Build kube-apiserver, kube-controller-manager, the node binaries kubelet,
+# kube-scheduler and kube-proxy (and helm v3) for the e2e harness from the Go
+# module proxy, into a cache directory outside the repo keyed by the
+# Kubernetes version. Only missing binaries are built.
 #
 #   bash tools/k8s-testbin/build.sh            # build, or reuse what is there
 #   bash tools/k8s-testbin/build.sh --print-dir
@@ -15,6 +16,7 @@
 #   GARRET_TESTBIN_DIR     output directory (default above)
 #   GARRET_TESTBIN_JOBS    go build -p and GOMAXPROCS (default 2)
 #   GARRET_TESTBIN_SKIP_HELM=1   do not install helm
+#   GARRET_TESTBIN_SKIP_NODE=1   do not build kubelet, kube-scheduler, kube-proxy
 #   GO                     go binary (default: /usr/local/go/bin/go, else `go` on PATH)
 set -euo pipefail
 
@@ -29,6 +31,8 @@ fi
 K8S_MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
 OUT=${GARRET_TESTBIN_DIR:-$HOME/.cache/garret/k8s-testbin/v$K8S_VERSION}
 BINS=(kube-apiserver kube-controller-manager)
+# For e2e/src/node.rs (real pods); the same go.mod lists them as tools.
+if [ "${GARRET_TESTBIN_SKIP_NODE:-0}" != 1 ]; then BINS+=(kubelet kube-scheduler kube-proxy); fi
 
 case "${1:-}" in
 --print-dir)
@@ -92,26 +96,27 @@ if [ -n "$avail_kb" ] && [ "$avail_kb" -lt $((4 * 1024 * 1024)) ]; then
 	exit 1
 fi
 
-echo "build.sh: building Kubernetes v$K8S_VERSION (${BINS[*]}) into $OUT with $("$GO" version)" >&2
+echo "build.sh: building Kubernetes v$K8S_VERSION (what is missing of ${BINS[*]}) into $OUT with $("$GO" version)" >&2
 TMP=$(mktemp -d "$OUT/.tmp.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
-need_k8s=0
-for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || need_k8s=1; done
-if [ "$need_k8s" = 1 ]; then
+missing=()
+for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || missing+=("$b"); done
+if [ ${#missing[@]} -gt 0 ]; then
 	V="-X k8s.io/component-base/version.gitVersion=v$K8S_VERSION"
 	V="$V -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$K8S_MINOR"
 	V="$V -X k8s.io/component-base/version.gitTreeState=clean"
 	V="$V -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION"
 	V="$V -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$K8S_MINOR"
 	pkgs=()
-	for b in "${BINS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+	for b in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+	echo "build.sh: missing: ${missing[*]}" >&2
 	(
 		cd "$HERE"
 		# -mod=readonly: go.mod/go.sum are committed and must not change here.
 		nice -n 10 "$GO" build -mod=readonly -p "$JOBS" -trimpath -ldflags "-s -w $V" -o "$TMP/" "${pkgs[@]}"
 	)
-	for b in "${BINS[@]}"; do mv -f "$TMP/$b" "$OUT/$b"; done
+	for b in "${missing[@]}"; do mv -f "$TMP/$b" "$OUT/$b"; done
 fi
 
 if [ "${GARRET_TESTBIN_SKIP_HELM:-0}" != 1 ] && ! [ -x "$OUT/helm" ]; then
