@@ -7,6 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # tests put all three into images), which cargo builds only for their own package.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast
+if [ -n "${CI:-}" ] && [ -z "${GARRET_TEST_POSTGRES_URL:-}" ]; then
+    echo "CI is set but GARRET_TEST_POSTGRES_URL is not: .ci/run starts PostgreSQL first" >&2
+    exit 1
+fi
 if [ -n "${GARRET_TEST_POSTGRES_URL:-}" ]; then
     echo "==> server tests on PostgreSQL"
     GARRET_TEST_DATABASE=postgres cargo test -p garretd --locked --no-fail-fast --tests

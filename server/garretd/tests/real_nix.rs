@@ -48,11 +48,7 @@ async fn push_path(
 
 #[tokio::test]
 async fn push_with_attic_api_then_substitute_with_real_nix() {
-    if !nix_available() {
-        if std::env::var_os("CI").is_some() {
-            panic!("nix-store not found on PATH: apt-get install -y nix-bin");
-        }
-        eprintln!("skipping: nix-store not found (apt-get install -y nix-bin)");
+    if !common::nix::require_nix() {
         return;
     }
     let nonce = format!(

@@ -47,6 +47,11 @@ impl LocalStorage {
         })
     }
 
+    /// Whether writes bypass the page cache (asked for, and the filesystem takes it).
+    pub fn uses_direct_io(&self) -> bool {
+        self.direct
+    }
+
     fn path_of(&self, key: &str) -> StorageResult<PathBuf> {
         check_key(key)?;
         let a = &key[..1];

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nix;
+pub mod skip;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -156,14 +156,11 @@ pub fn nix_available() -> bool {
 
 /// Skips (locally) or fails (in CI) when Nix is missing.
 pub fn require_nix() -> bool {
-    if nix_available() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("nix-store not found on PATH: apt-get install -y nix-bin");
-    }
-    eprintln!("skipping: nix-store not found (apt-get install -y nix-bin)");
-    false
+    super::skip::require(
+        "real Nix",
+        nix_available(),
+        "nix-store not found on PATH: apt-get install -y nix-bin",
+    )
 }
 
 /// A unique nonce so store paths never collide between runs.
