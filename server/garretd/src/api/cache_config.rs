@@ -4,22 +4,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::de::DeserializeOwned;
 
 use super::auth::{authorize, Caller};
 use super::endpoint::{api_endpoint, substituter_endpoint};
-use super::nix_read::parse_cache;
+use super::extract::{parse_cache, parse_json};
 use super::state::SharedState;
 use crate::db::{CachePatch, NewCache};
 use crate::error::{ServerError, ServerResult};
 use garret_core::nix::signing::Keypair;
 use garret_core::wire::{CacheConfig, CreateCacheRequest, KeypairConfig, RetentionPeriodConfig};
-
-/// JSON bodies are parsed by hand so a bad body gets Attic's JSON error, not plain text.
-pub(super) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ServerResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| ServerError::request(format!("invalid JSON body: {e}")))
-}
 
 pub async fn get_config(
     State(state): State<SharedState>,

@@ -4,6 +4,7 @@
 pub mod auth;
 mod cache_config;
 mod endpoint;
+mod extract;
 mod health;
 mod home;
 mod nix_read;

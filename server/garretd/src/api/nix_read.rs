@@ -6,27 +6,13 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{authorize, Caller};
+use super::extract::{parse_cache, parse_file};
 use super::state::{CacheEntry, SharedState};
 use crate::db::ObjectRow;
 use crate::error::{ServerError, ServerResult};
-use garret_core::cache_name::CacheName;
 use garret_core::nix::narinfo::NarInfo;
 use garret_core::nix::signing::fingerprint;
-use garret_core::nix::store_path::StorePathHash;
 use garret_core::nix::Sha256Hash;
-
-pub(super) fn parse_cache(name: &str) -> ServerResult<CacheName> {
-    CacheName::parse(name).map_err(|e| ServerError::request(e.to_string()))
-}
-
-/// `<hash>.<ext>` with exactly the expected extension, else 404 as Attic does.
-pub(super) fn parse_file(file: &str, ext: &str) -> ServerResult<StorePathHash> {
-    let (hash, got) = file.split_once('.').ok_or(ServerError::NotFound)?;
-    if got != ext {
-        return Err(ServerError::NotFound);
-    }
-    StorePathHash::parse(hash).map_err(|e| ServerError::request(e.to_string()))
-}
 
 fn with_visibility(mut resp: Response, cache: &CacheEntry) -> Response {
     if cache.row.is_public {

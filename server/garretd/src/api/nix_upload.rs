@@ -16,9 +16,9 @@ use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::auth::{authorize, Caller};
-use super::nix_read::{parse_cache, parse_file};
+use super::extract::{parse_cache, parse_file};
 use super::state::SharedState;
-use crate::db::NewObject;
+use crate::db::{NewObject, PathMeta};
 use crate::error::{ServerError, ServerResult};
 use garret_core::nix::narinfo::NarInfo;
 use garret_core::nix::store_path::StorePath;
@@ -116,22 +116,22 @@ pub async fn put_nar(
         FileCompression::Brotli => Box::pin(BrotliDecoder::new(reader)),
     };
     let nar: ByteStream = Box::pin(ReaderStream::with_capacity(decoded, 256 << 10));
-    let (nar_id, nar_hash, nar_size) = state.store.ingest_unclaimed(nar).await?;
-
-    let file_hash = file_hasher
-        .lock()
-        .map(|h| Sha256Hash::from_digest(h.clone().finalize().into()))
-        .map_err(|_| ServerError::internal(anyhow::anyhow!("file hasher poisoned")))?;
-    if expected.is_some_and(|e| e != file_hash) {
-        // The NAR itself is intact but unclaimed; GC removes it since no narinfo points at it.
-        return Err(ServerError::request(format!(
-            "the uploaded file does not match its name: its hash is {}",
-            file_hash.to_typed_nix32()
-        )));
-    }
-    state
-        .db()
-        .record_nix_upload(c.row.id, &nar_hash.to_typed_hex(), nar_id)
+    let matches_name = || {
+        let file_hash = file_hasher
+            .lock()
+            .map(|h| Sha256Hash::from_digest(h.clone().finalize().into()))
+            .map_err(|_| ServerError::internal(anyhow::anyhow!("file hasher poisoned")))?;
+        if expected.is_some_and(|e| e != file_hash) {
+            return Err(ServerError::request(format!(
+                "the uploaded file does not match its name: its hash is {}",
+                file_hash.to_typed_nix32()
+            )));
+        }
+        Ok(())
+    };
+    let (_, nar_size) = state
+        .store
+        .ingest_for_narinfo(c.row.id, nar, matches_name)
         .await?;
     tracing::info!(cache = %name, %file, nar_size, "NAR received from Nix");
     Ok(StatusCode::OK)
@@ -179,36 +179,11 @@ pub async fn put_narinfo(
             c.row.store_dir
         )));
     }
-    let hash_text = info.nar_hash.to_typed_hex();
-    let db = state.db();
-    let mut nar = db.find_nix_upload(c.row.id, &hash_text).await?;
-    if nar.is_none() && !state.config.require_proof_of_possession {
-        nar = db.find_nar(&hash_text).await?;
-    }
-    let nar = nar.ok_or_else(|| {
-        ServerError::request(format!(
-            "no NAR with NarHash {} was uploaded to this cache; upload the NAR first",
-            info.nar_hash.to_typed_nix32()
-        ))
-    })?;
-    if nar.nar_size as u64 != info.nar_size {
-        return Err(ServerError::request(format!(
-            "NarSize {} does not match the uploaded NAR ({} bytes)",
-            info.nar_size, nar.nar_size
-        )));
-    }
-    let obj = NewObject {
-        cache_id: c.row.id,
-        store_path_hash: hash.as_str().to_string(),
-        store_path: info.store_path.clone(),
-        references: info.references.clone(),
-        deriver: info.deriver.clone(),
-        sigs: info.sigs.clone(),
-        ca: info.ca.clone(),
-        created_by: caller.subject(),
-    };
-    db.attach_object(&obj, nar.id).await?;
-    db.forget_nix_upload(c.row.id, &hash_text).await?;
+    let obj = NewObject::new(c.row.id, &path, PathMeta::from(&info), caller.subject());
+    state
+        .store
+        .commit_narinfo(&obj, &info.nar_hash, info.nar_size)
+        .await?;
     state
         .narinfos
         .invalidate(&(c.row.id, hash.as_str().to_string()));

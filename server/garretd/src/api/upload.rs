@@ -7,10 +7,9 @@ use axum::Json;
 use futures::{Stream, StreamExt};
 
 use super::auth::{authorize, Caller};
-use super::cache_config::parse_json;
-use super::nix_read::parse_cache;
+use super::extract::{parse_cache, parse_json};
 use super::state::SharedState;
-use crate::db::NewObject;
+use crate::db::{NewObject, PathMeta};
 use crate::error::{ServerError, ServerResult};
 use crate::store::{NarClaim, UploadOutcome};
 use garret_core::nix::store_path::{validate_base_name, StorePath, StorePathHash};
@@ -174,16 +173,7 @@ async fn receive(
     let name = parse_cache(&info.cache)?;
     let (path, claim) = validate(&info)?;
     let c = authorize(state, caller, name.as_str(), |p| p.push).await?;
-    let obj = NewObject {
-        cache_id: c.row.id,
-        store_path_hash: path.hash().to_string(),
-        store_path: info.store_path.clone(),
-        references: info.references.clone(),
-        deriver: info.deriver.clone(),
-        sigs: info.sigs.clone(),
-        ca: info.ca.clone(),
-        created_by: caller.subject(),
-    };
+    let obj = NewObject::new(c.row.id, &path, PathMeta::from(&info), caller.subject());
     let outcome = state.store.ingest(obj, claim, stream).await?;
     state
         .narinfos

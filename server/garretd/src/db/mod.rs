@@ -13,7 +13,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use caches::{CachePatch, CacheRow, NewCache};
 pub use chunks::{ChunkLoc, NewChunk};
-pub use objects::{CommitOutcome, NarRow, NewNar, NewObject, ObjectRow};
+pub use objects::{CommitOutcome, NarRow, NewNar, NewObject, ObjectRow, PathMeta};
 
 #[derive(Debug, thiserror::Error)]
 #[error("database: {context}: {source}")]

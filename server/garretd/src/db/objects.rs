@@ -36,6 +36,59 @@ pub struct NewObject {
     pub created_by: Option<String>,
 }
 
+/// What a pusher says about a store path besides its NAR, whichever way it pushed (Attic's
+/// upload info or Nix's narinfo): the one conversion both upload routes use.
+#[derive(Debug, Clone)]
+pub struct PathMeta {
+    pub references: Vec<String>,
+    pub deriver: Option<String>,
+    pub sigs: Vec<String>,
+    pub ca: Option<String>,
+}
+
+impl From<&garret_core::wire::UploadPathNarInfo> for PathMeta {
+    fn from(i: &garret_core::wire::UploadPathNarInfo) -> Self {
+        PathMeta {
+            references: i.references.clone(),
+            deriver: i.deriver.clone(),
+            sigs: i.sigs.clone(),
+            ca: i.ca.clone(),
+        }
+    }
+}
+
+impl From<&garret_core::nix::NarInfo> for PathMeta {
+    fn from(i: &garret_core::nix::NarInfo) -> Self {
+        PathMeta {
+            references: i.references.clone(),
+            deriver: i.deriver.clone(),
+            sigs: i.sigs.clone(),
+            ca: i.ca.clone(),
+        }
+    }
+}
+
+impl NewObject {
+    /// `path` in cache `cache_id`, pushed by `created_by`.
+    pub fn new(
+        cache_id: i64,
+        path: &garret_core::nix::StorePath,
+        meta: PathMeta,
+        created_by: Option<String>,
+    ) -> Self {
+        NewObject {
+            cache_id,
+            store_path_hash: path.hash().to_string(),
+            store_path: path.to_string(),
+            references: meta.references,
+            deriver: meta.deriver,
+            sigs: meta.sigs,
+            ca: meta.ca,
+            created_by,
+        }
+    }
+}
+
 /// A fully uploaded NAR waiting to be committed: chunk ids in order; `pending` are the ones
 /// this upload wrote itself (state `P`), the rest were reused.
 #[derive(Debug, Clone)]

@@ -50,10 +50,10 @@ struct ChunkResult {
 }
 
 /// What one streaming pass produced, before it is committed.
-struct Received {
+pub(super) struct Received {
     results: Vec<ChunkResult>,
-    hash: Sha256Hash,
-    size: u64,
+    pub(super) hash: Sha256Hash,
+    pub(super) size: u64,
     single: bool,
     pending: PendingChunks,
 }
@@ -194,23 +194,12 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Stores a NAR whose hash is not known in advance (Nix's own uploads announce it only
-    /// in the narinfo that follows). The NAR is committed without any object, so it stays
-    /// invisible until a narinfo claims it; GC reaps it if none ever does. Returns the NAR's
-    /// id, hash and size.
-    pub async fn ingest_unclaimed<S, E>(&self, body: S) -> ServerResult<(i64, Sha256Hash, u64)>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
-        E: std::fmt::Display,
-    {
-        let got = self.receive(body, None).await?;
-        let (hash, size) = (got.hash, got.size);
-        let (_, id) = self.commit(None, got).await?;
-        Ok((id, hash, size))
-    }
-
     /// The streaming pass: hash, validate, chunk, and store chunks (as pending).
-    async fn receive<S, E>(&self, mut body: S, expected: Option<u64>) -> ServerResult<Received>
+    pub(super) async fn receive<S, E>(
+        &self,
+        mut body: S,
+        expected: Option<u64>,
+    ) -> ServerResult<Received>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
@@ -310,7 +299,7 @@ impl Store {
     }
 
     /// Makes received chunks a NAR (and, with `obj`, an object pointing at it).
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         obj: Option<&NewObject>,
         got: Received,

@@ -6,6 +6,7 @@ mod chunker;
 mod compression;
 mod download;
 mod ingest;
+mod nix_push;
 
 use crate::backend::DynStorage;
 use crate::config::Config;

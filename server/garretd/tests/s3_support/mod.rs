@@ -9,6 +9,7 @@ use garretd::config::{S3Config, S3Credentials};
 
 #[path = "../common/skip.rs"]
 mod skip;
+#[allow(unused_imports)] // not every test that includes this module needs it
 pub use skip::require;
 
 /// The shared server from the environment. `None` (with a note) outside CI when it is not
