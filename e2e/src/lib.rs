@@ -30,6 +30,7 @@
 mod binaries;
 mod control_plane;
 mod helpers;
+mod images;
 mod process;
 
 use std::path::PathBuf;
@@ -38,6 +39,10 @@ use std::time::Duration;
 pub use binaries::{testbin_dir, Binaries, BUILD_COMMAND, K8S_VERSION, TESTBIN_DIR_ENV};
 pub use control_plane::{ControlPlane, Identity, Options, ADMIN_USER};
 pub use helpers::{apply_yaml, install_crd, wait_for, ApplyYaml};
+pub use images::{
+    build_images, default_bin_dir, ImageArchive, Images, GARRETD_REPOSITORY, IMAGES_BUILD_COMMAND,
+    OPERATOR_REPOSITORY,
+};
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -99,6 +104,9 @@ pub enum Error {
     /// Invalid use of the harness.
     #[error("{0}")]
     Usage(String),
+    /// The container images could not be built (`tools/images/build.sh`).
+    #[error("{0}")]
+    Images(String),
 }
 
 impl std::fmt::Debug for Error {
