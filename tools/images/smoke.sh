@@ -154,4 +154,4 @@ expect "garretd entrypoint" 'Usage: garretd' "$(run "$GARRETD" || true)"
 # garret-operator has no --help: it connects to a cluster at once. Outside one it must
 # start (all libraries found) and fail to find a kubeconfig.
 out=$(run "$OPERATOR" garret-operator || true)
-expect "garret-operator starts" 'config' "$out"
+expect "garret-operator starts" 'failed to infer config' "$out"
