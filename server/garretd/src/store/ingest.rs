@@ -2,18 +2,15 @@
 //! chunks as it streams in; chunks are deduplicated, compressed and written in parallel.
 //! Nothing becomes visible until the final hash and size match the claim and the commit
 //! transaction succeeds; on any failure (or a dropped connection) the chunks this upload
-//! wrote are removed again.
-
-use std::sync::{Arc, Mutex};
+//! wrote are removed again (the drop guard in [`super::batch`], which writes them).
 
 use bytes::Bytes;
-use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
+use super::batch::{Batches, ChunkResult, PendingChunks};
 use super::{Chunker, Store};
-use crate::backend::new_pack_key;
-use crate::db::{CommitOutcome, NewChunk, NewNar, NewObject};
+use crate::db::{CommitOutcome, NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
 use garret_core::nix::nar::NarValidator;
 use garret_core::nix::Sha256Hash;
@@ -32,21 +29,6 @@ pub enum UploadOutcome {
         frac_deduplicated: Option<f64>,
     },
     Deduplicated,
-}
-
-/// Batches per upload being hashed/compressed/written at once; with the batch limits this
-/// bounds an upload's memory to about `IN_FLIGHT × BATCH_BYTES × 2` plus one chunk.
-const IN_FLIGHT: usize = 4;
-/// A batch closes at this many chunks or bytes, whichever comes first; its new chunks
-/// become one pack in storage.
-const BATCH_CHUNKS: usize = 64;
-const BATCH_BYTES: usize = 2 << 20;
-
-struct ChunkResult {
-    id: i64,
-    raw_size: usize,
-    file_size: i64,
-    reused: bool,
 }
 
 /// What one streaming pass produced, before it is committed.
@@ -100,45 +82,49 @@ impl Drop for HashLane {
     }
 }
 
-type ChunkTask = tokio::task::JoinHandle<ServerResult<Vec<ChunkResult>>>;
-
-/// The chunks an upload has written or is writing. Dropping it armed (error, panic, client
-/// gone) waits for the tasks still running and then deletes every chunk they wrote, in
-/// the background.
-struct PendingChunks {
-    written: Arc<Mutex<Vec<(i64, String)>>>,
-    in_flight: FuturesOrdered<ChunkTask>,
-    store: Store,
-    armed: bool,
+/// What every piece of the body goes through before it is chunked: the size limit, the
+/// whole-NAR hash and the NAR grammar.
+struct BodyCheck {
+    hasher: HashLane,
+    validator: NarValidator,
+    received: u64,
+    expected: Option<u64>,
 }
 
-impl PendingChunks {
-    /// The upload committed: its chunks now belong to the store.
-    fn disarm(&mut self) {
-        self.armed = false;
+impl BodyCheck {
+    fn new(expected: Option<u64>) -> BodyCheck {
+        BodyCheck {
+            hasher: HashLane::start(),
+            validator: NarValidator::new(),
+            received: 0,
+            expected,
+        }
     }
-}
 
-impl Drop for PendingChunks {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
+    /// A body longer than declared is refused at the first byte too many.
+    async fn feed(&mut self, piece: &Bytes) -> ServerResult<()> {
+        self.received += piece.len() as u64;
+        if let Some(limit) = self.expected.filter(|limit| self.received > *limit) {
+            return Err(ServerError::request(format!(
+                "Bad NAR Hash or Size: the body is longer than the declared {limit} bytes"
+            )));
         }
-        let mut in_flight = std::mem::take(&mut self.in_flight);
-        let written = self.written.clone();
-        let store = self.store.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                while in_flight.next().await.is_some() {}
-                let chunks = written
-                    .lock()
-                    .map(|mut v| std::mem::take(&mut *v))
-                    .unwrap_or_default();
-                if !chunks.is_empty() {
-                    store.discard(chunks).await;
-                }
-            });
+        self.hasher.update(piece.clone()).await;
+        self.validator
+            .feed(piece)
+            .map_err(|e| ServerError::request(format!("Malformed NAR: {e}")))
+    }
+
+    /// The hash and size of the whole body. Hash and size first: a truncated body is
+    /// reported as such (by the caller's comparison), not as a bad NAR.
+    async fn finish(self) -> ServerResult<(Sha256Hash, u64)> {
+        let hash = self.hasher.finish().await?;
+        if self.expected.is_none_or(|n| n == self.received) {
+            self.validator
+                .finish()
+                .map_err(|e| ServerError::request(format!("Malformed NAR: {e}")))?;
         }
+        Ok((hash, self.received))
     }
 }
 
@@ -194,7 +180,8 @@ impl Store {
         Ok(outcome)
     }
 
-    /// The streaming pass: hash, validate, chunk, and store chunks (as pending).
+    /// The streaming pass: hash, validate, chunk, and store chunks (as pending). Every piece
+    /// is looked at once, as it arrives; chunks go to [`Batches`] as soon as they are cut.
     pub(super) async fn receive<S, E>(
         &self,
         mut body: S,
@@ -204,17 +191,36 @@ impl Store {
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let mut pending = PendingChunks {
-            written: Arc::default(),
-            in_flight: FuturesOrdered::new(),
-            store: self.clone(),
-            armed: true,
-        };
-        let mut hasher = HashLane::start();
-        let mut validator = NarValidator::new();
-        let mut received: u64 = 0;
         let single = expected.is_some_and(|n| (n as usize) < self.threshold);
-        let mut chunker = Chunker::new(if single {
+        let mut chunker = Chunker::new(self.chunk_params(single));
+        let mut check = BodyCheck::new(expected);
+        let mut batches = Batches::new(self);
+        let mut ready: Vec<Bytes> = Vec::new();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| {
+                ServerError::request(format!("reading the upload body failed: {e}"))
+            })?;
+            check.feed(&piece).await?;
+            chunker.push(&piece, &mut ready);
+            batches.add(&mut ready, false).await?;
+        }
+        chunker.finish(&mut ready);
+        batches.add(&mut ready, true).await?;
+        let (results, pending) = batches.finish().await?;
+        let (hash, size) = check.finish().await?;
+        Ok(Received {
+            results,
+            hash,
+            size,
+            single,
+            pending,
+        })
+    }
+
+    /// A NAR declared smaller than the threshold is stored as one chunk: the chunker's
+    /// bounds are raised to the threshold so it never cuts.
+    fn chunk_params(&self, single: bool) -> super::ChunkParams {
+        if single {
             super::ChunkParams {
                 min_size: self.threshold.max(64),
                 avg_size: self.threshold.max(256),
@@ -222,80 +228,7 @@ impl Store {
             }
         } else {
             self.params
-        });
-        let mut results: Vec<ChunkResult> = Vec::new();
-        let mut ready: Vec<Bytes> = Vec::new();
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut batch_bytes = 0usize;
-
-        let mut finished = false;
-        while !finished {
-            match body.next().await {
-                Some(Ok(piece)) => {
-                    received += piece.len() as u64;
-                    if let Some(limit) = expected.filter(|limit| received > *limit) {
-                        return Err(ServerError::request(format!(
-                            "Bad NAR Hash or Size: the body is longer than the declared {limit} bytes"
-                        )));
-                    }
-                    hasher.update(piece.clone()).await;
-                    validator
-                        .feed(&piece)
-                        .map_err(|e| ServerError::request(format!("Malformed NAR: {e}")))?;
-                    chunker.push(&piece, &mut ready);
-                }
-                Some(Err(e)) => {
-                    return Err(ServerError::request(format!(
-                        "reading the upload body failed: {e}"
-                    )));
-                }
-                None => {
-                    finished = true;
-                    let tail = std::mem::replace(&mut chunker, Chunker::new(self.params));
-                    tail.finish(&mut ready);
-                }
-            }
-            for chunk in ready.drain(..) {
-                batch_bytes += chunk.len();
-                batch.push(chunk);
-                if batch.len() < BATCH_CHUNKS && batch_bytes < BATCH_BYTES && !finished {
-                    continue;
-                }
-                if pending.in_flight.len() >= IN_FLIGHT {
-                    if let Some(done) = pending.in_flight.next().await {
-                        results.extend(joined(done)?);
-                    }
-                }
-                let task = tokio::spawn(store_batch(
-                    self.clone(),
-                    std::mem::take(&mut batch),
-                    pending.written.clone(),
-                ));
-                pending.in_flight.push_back(task);
-                batch_bytes = 0;
-            }
         }
-        if !batch.is_empty() {
-            let task = tokio::spawn(store_batch(self.clone(), batch, pending.written.clone()));
-            pending.in_flight.push_back(task);
-        }
-        while let Some(done) = pending.in_flight.next().await {
-            results.extend(joined(done)?);
-        }
-        // Hash and size first: a truncated body is reported as such, not as a bad NAR.
-        let hash = hasher.finish().await?;
-        if expected.is_none_or(|n| n == received) {
-            validator
-                .finish()
-                .map_err(|e| ServerError::request(format!("Malformed NAR: {e}")))?;
-        }
-        Ok(Received {
-            results,
-            hash,
-            size: received,
-            single,
-            pending,
-        })
     }
 
     /// Makes received chunks a NAR (and, with `obj`, an object pointing at it).
@@ -352,131 +285,6 @@ impl Store {
             )),
         }
     }
-
-    /// Best-effort removal of an aborted upload's chunks; GC reaps whatever this misses.
-    async fn discard(&self, chunks: Vec<(i64, String)>) {
-        let packs: std::collections::BTreeSet<&String> = chunks.iter().map(|(_, k)| k).collect();
-        for key in packs {
-            if let Err(e) = self.storage.delete(key).await {
-                tracing::warn!(error = %e, "could not delete a chunk of an aborted upload");
-            }
-        }
-        let ids: Vec<i64> = chunks.iter().map(|(id, _)| *id).collect();
-        if let Err(e) = self.db.delete_pending_chunks(&ids).await {
-            tracing::warn!(error = %e, "could not forget the chunks of an aborted upload");
-        }
-    }
-}
-
-fn joined(
-    r: Result<ServerResult<Vec<ChunkResult>>, tokio::task::JoinError>,
-) -> ServerResult<Vec<ChunkResult>> {
-    r.map_err(ServerError::internal)?
-}
-
-/// A chunk's identity for deduplication: BLAKE3 of its uncompressed bytes. Chunk hashes
-/// never leave the server (Nix only sees the NAR's SHA-256), so the faster hash is free to
-/// use; it is typed so another algorithm could follow.
-fn chunk_id(data: &[u8]) -> String {
-    format!("blake3:{}", blake3::hash(data).to_hex())
-}
-
-/// Hash a batch of chunks, reuse the ones the store already has (one query), compress the
-/// rest into one pack, record them as pending (one statement) and write the pack.
-/// Batching keeps database round trips per upload small whatever the chunk count.
-async fn store_batch(
-    store: Store,
-    chunks: Vec<Bytes>,
-    pending: Arc<Mutex<Vec<(i64, String)>>>,
-) -> ServerResult<Vec<ChunkResult>> {
-    let compression = store.compression;
-    let (chunks, hashes) = tokio::task::spawn_blocking(move || {
-        let hashes: Vec<String> = chunks.iter().map(|c| chunk_id(c)).collect();
-        (chunks, hashes)
-    })
-    .await
-    .map_err(ServerError::internal)?;
-    let known = store
-        .db
-        .find_chunks(&hashes, compression.nix_name())
-        .await?;
-
-    // Chunks to write: those not in the store, once each even if repeated in the batch.
-    let mut new_index: std::collections::HashMap<&str, usize> = Default::default();
-    let mut to_write: Vec<(usize, Bytes)> = Vec::new();
-    for (i, (h, c)) in hashes.iter().zip(&chunks).enumerate() {
-        if !known.contains_key(h) && !new_index.contains_key(h.as_str()) {
-            new_index.insert(h, to_write.len());
-            to_write.push((i, c.clone()));
-        }
-    }
-    let first_pos: Vec<usize> = to_write.iter().map(|(i, _)| *i).collect();
-    // The new chunks of a batch go into one storage object, back to back: one file (or S3
-    // PUT) per batch instead of per chunk, which is what creating objects costs most.
-    let (pack, frames) = tokio::task::spawn_blocking(move || {
-        let raw: usize = to_write.iter().map(|(_, c)| c.len()).sum();
-        let mut pack = Vec::with_capacity(raw + raw / 64 + 1024);
-        let mut frames = Vec::with_capacity(to_write.len());
-        for (i, c) in &to_write {
-            let offset = pack.len();
-            let len = compression.compress_into(c, &mut pack)?;
-            frames.push((*i, offset, len));
-        }
-        Ok::<_, std::io::Error>((Bytes::from(pack), frames))
-    })
-    .await
-    .map_err(ServerError::internal)?
-    .map_err(ServerError::internal)?;
-
-    // Rows first: a crash after them leaves stale pending rows that GC cleans up, never a
-    // pack nobody knows about.
-    let pack_key = new_pack_key();
-    let rows: Vec<NewChunk> = frames
-        .iter()
-        .map(|&(i, offset, len)| NewChunk {
-            chunk_hash: hashes[i].clone(),
-            chunk_size: chunks[i].len() as i64,
-            file_size: len as i64,
-            compression: compression.nix_name().to_string(),
-            storage_key: pack_key.clone(),
-            storage_offset: offset as i64,
-        })
-        .collect();
-    let ids = store.db.insert_pending_chunks(&rows).await?;
-    if let Ok(mut v) = pending.lock() {
-        v.extend(ids.iter().map(|id| (*id, pack_key.clone())));
-    }
-    if !rows.is_empty() {
-        store
-            .storage
-            .put(&pack_key, pack)
-            .await
-            .map_err(ServerError::from)?;
-    }
-
-    Ok(hashes
-        .iter()
-        .zip(&chunks)
-        .enumerate()
-        .map(|(i, (h, c))| match known.get(h) {
-            Some(&(id, file_size)) => ChunkResult {
-                id,
-                raw_size: c.len(),
-                file_size,
-                reused: true,
-            },
-            None => {
-                let n = new_index[h.as_str()];
-                ChunkResult {
-                    id: ids[n],
-                    raw_size: c.len(),
-                    file_size: rows[n].file_size,
-                    // a repeat within this batch counts as deduplicated
-                    reused: first_pos[n] != i,
-                }
-            }
-        })
-        .collect())
 }
 
 /// NAR-level dedup still reads the whole body: knowing a hash must not be enough to attach

@@ -2,6 +2,7 @@
 //! compressed in one streaming pass, each batch of new chunks written as one pack; downloads
 //! concatenate the chunks, reading neighbours in a pack together.
 
+mod batch;
 mod chunker;
 mod compression;
 mod download;
