@@ -229,119 +229,165 @@ impl Database {
     ) -> DbResult<(CommitOutcome, i64)> {
         let _w = self.write_gate().await;
         let mut tx = self.begin_write().await.ctx("beginning a transaction")?;
-        let existing = sqlx::query("SELECT id FROM nars WHERE nar_hash = $1 AND compression = $2")
-            .bind(&nar.nar_hash)
-            .bind(&nar.compression)
-            .fetch_optional(&mut *tx)
-            .await
-            .ctx("checking for a concurrent NAR")?;
-        if let Some(row) = existing {
-            let id: i64 = get(&row, "id")?;
+        if let Some(id) = concurrent_nar(&mut tx, nar).await? {
             if let Some(obj) = obj {
                 upsert_object(&mut tx, obj, id).await?;
             }
             tx.commit().await.ctx("committing an object")?;
             return Ok((CommitOutcome::Raced, id));
         }
-
-        // Reused chunks must still be valid: GC may have claimed one since we looked.
-        let pending: std::collections::HashSet<i64> = nar.pending.iter().copied().collect();
-        let mut reused: Vec<i64> = nar
-            .chunk_ids
-            .iter()
-            .copied()
-            .filter(|id| !pending.contains(id))
-            .collect();
-        reused.sort_unstable();
-        reused.dedup();
-        for slice in reused.chunks(BATCH) {
-            let sql = format!(
-                "UPDATE chunks SET last_used_at = $1 WHERE state = 'V' AND id IN ({})",
-                placeholders(2, slice.len())
-            );
-            let mut q = sqlx::query(&sql).bind(unix_now());
-            for id in slice {
-                q = q.bind(*id);
-            }
-            let res = q.execute(&mut *tx).await.ctx("re-checking reused chunks")?;
-            if res.rows_affected() != slice.len() as u64 {
-                tx.rollback().await.ctx("rolling back")?;
-                return Ok((CommitOutcome::ChunkGone, 0));
-            }
-        }
-        let mut pending_sorted: Vec<i64> = pending.into_iter().collect();
-        pending_sorted.sort_unstable();
-        for slice in pending_sorted.chunks(BATCH) {
-            let sql = format!(
-                "UPDATE chunks SET state = 'V' WHERE state = 'P' AND id IN ({})",
-                placeholders(1, slice.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for id in slice {
-                q = q.bind(*id);
-            }
-            let res = q.execute(&mut *tx).await.ctx("validating new chunks")?;
-            if res.rows_affected() != slice.len() as u64 {
-                tx.rollback().await.ctx("rolling back")?;
-                return Ok((CommitOutcome::ChunkGone, 0));
-            }
-        }
-
-        // Another replica may commit the same NAR between our check and this insert.
-        let row = sqlx::query(
-            "INSERT INTO nars (nar_hash, nar_size, compression, num_chunks, created_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (nar_hash, compression) DO NOTHING RETURNING id",
-        )
-        .bind(&nar.nar_hash)
-        .bind(nar.nar_size)
-        .bind(&nar.compression)
-        .bind(nar.chunk_ids.len() as i64)
-        .bind(unix_now())
-        .fetch_optional(&mut *tx)
-        .await
-        .ctx("inserting a NAR")?;
-        let Some(row) = row else {
+        if !claim_chunks(&mut tx, nar).await? {
             tx.rollback().await.ctx("rolling back")?;
-            let winner =
-                sqlx::query("SELECT id FROM nars WHERE nar_hash = $1 AND compression = $2")
-                    .bind(&nar.nar_hash)
-                    .bind(&nar.compression)
-                    .fetch_one(self.pool())
-                    .await
-                    .ctx("finding the concurrent NAR")?;
-            let id: i64 = get(&winner, "id")?;
-            if let Some(obj) = obj {
-                let mut tx = self.begin_write().await.ctx("beginning a transaction")?;
-                upsert_object(&mut tx, obj, id).await?;
-                tx.commit().await.ctx("committing an object")?;
-            }
+            return Ok((CommitOutcome::ChunkGone, 0));
+        }
+        let Some(nar_id) = insert_nar(&mut tx, nar).await? else {
+            tx.rollback().await.ctx("rolling back")?;
+            let id = self.attach_to_winner(obj, nar).await?;
             return Ok((CommitOutcome::Raced, id));
         };
-        let nar_id: i64 = get(&row, "id")?;
-
-        const REF_BATCH: usize = 300;
-        for (n, slice) in nar.chunk_ids.chunks(REF_BATCH).enumerate() {
-            let values: Vec<String> = (0..slice.len())
-                .map(|i| format!("($1, ${}, ${})", 2 + 2 * i, 3 + 2 * i))
-                .collect();
-            let sql = format!(
-                "INSERT INTO chunkrefs (nar_id, seq, chunk_id) VALUES {}",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(nar_id);
-            for (i, id) in slice.iter().enumerate() {
-                q = q.bind((n * REF_BATCH + i) as i64).bind(*id);
-            }
-            q.execute(&mut *tx)
-                .await
-                .ctx("inserting chunk references")?;
-        }
+        insert_chunkrefs(&mut tx, nar_id, &nar.chunk_ids).await?;
         if let Some(obj) = obj {
             upsert_object(&mut tx, obj, nar_id).await?;
         }
         tx.commit().await.ctx("committing an upload")?;
         Ok((CommitOutcome::Stored, nar_id))
     }
+
+    /// Another replica committed the same NAR between our check and our insert: the object
+    /// (if any) points at theirs, in a transaction of its own since ours was rolled back.
+    async fn attach_to_winner(&self, obj: Option<&NewObject>, nar: &NewNar) -> DbResult<i64> {
+        let winner = sqlx::query("SELECT id FROM nars WHERE nar_hash = $1 AND compression = $2")
+            .bind(&nar.nar_hash)
+            .bind(&nar.compression)
+            .fetch_one(self.pool())
+            .await
+            .ctx("finding the concurrent NAR")?;
+        let id: i64 = get(&winner, "id")?;
+        if let Some(obj) = obj {
+            let mut tx = self.begin_write().await.ctx("beginning a transaction")?;
+            upsert_object(&mut tx, obj, id).await?;
+            tx.commit().await.ctx("committing an object")?;
+        }
+        Ok(id)
+    }
+}
+
+/// The NAR another upload of the same bytes committed while ours streamed, if any.
+async fn concurrent_nar(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult<Option<i64>> {
+    let existing = sqlx::query("SELECT id FROM nars WHERE nar_hash = $1 AND compression = $2")
+        .bind(&nar.nar_hash)
+        .bind(&nar.compression)
+        .fetch_optional(&mut **tx)
+        .await
+        .ctx("checking for a concurrent NAR")?;
+    existing.map(|row| get(&row, "id")).transpose()
+}
+
+/// Takes the NAR's chunks for it inside the transaction: reused chunks must still be valid
+/// (GC may have claimed one since we looked; refreshing `last_used_at` keeps it off them),
+/// and our own new chunks go from pending to valid. False when any chunk is not in the
+/// state it must be in; the caller rolls back.
+async fn claim_chunks(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult<bool> {
+    let pending: std::collections::HashSet<i64> = nar.pending.iter().copied().collect();
+    let mut reused: Vec<i64> = nar
+        .chunk_ids
+        .iter()
+        .copied()
+        .filter(|id| !pending.contains(id))
+        .collect();
+    reused.sort_unstable();
+    reused.dedup();
+    let refreshed = update_every_chunk(
+        tx,
+        "UPDATE chunks SET last_used_at = $1 WHERE state = 'V' AND id IN",
+        true,
+        &reused,
+        "re-checking reused chunks",
+    )
+    .await?;
+    if !refreshed {
+        return Ok(false);
+    }
+    let mut pending_sorted: Vec<i64> = pending.into_iter().collect();
+    pending_sorted.sort_unstable();
+    update_every_chunk(
+        tx,
+        "UPDATE chunks SET state = 'V' WHERE state = 'P' AND id IN",
+        false,
+        &pending_sorted,
+        "validating new chunks",
+    )
+    .await
+}
+
+/// Runs `<update> (<ids>)` in slices of [`BATCH`] ids (with the current time as `$1` when
+/// `with_now`); false as soon as a slice changes fewer rows than it names.
+async fn update_every_chunk(
+    tx: &mut Transaction<'_, Any>,
+    update: &str,
+    with_now: bool,
+    ids: &[i64],
+    context: &'static str,
+) -> DbResult<bool> {
+    let first = if with_now { 2 } else { 1 };
+    for slice in ids.chunks(BATCH) {
+        let sql = format!("{update} ({})", placeholders(first, slice.len()));
+        let mut q = sqlx::query(&sql);
+        if with_now {
+            q = q.bind(unix_now());
+        }
+        for id in slice {
+            q = q.bind(*id);
+        }
+        let res = q.execute(&mut **tx).await.ctx(context)?;
+        if res.rows_affected() != slice.len() as u64 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The NAR row; `None` when another replica inserted the same NAR first.
+async fn insert_nar(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult<Option<i64>> {
+    let row = sqlx::query(
+        "INSERT INTO nars (nar_hash, nar_size, compression, num_chunks, created_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (nar_hash, compression) DO NOTHING RETURNING id",
+    )
+    .bind(&nar.nar_hash)
+    .bind(nar.nar_size)
+    .bind(&nar.compression)
+    .bind(nar.chunk_ids.len() as i64)
+    .bind(unix_now())
+    .fetch_optional(&mut **tx)
+    .await
+    .ctx("inserting a NAR")?;
+    row.map(|row| get(&row, "id")).transpose()
+}
+
+/// The NAR's chunk list, in order, a few hundred references per statement.
+async fn insert_chunkrefs(
+    tx: &mut Transaction<'_, Any>,
+    nar_id: i64,
+    chunk_ids: &[i64],
+) -> DbResult<()> {
+    const REF_BATCH: usize = 300;
+    for (n, slice) in chunk_ids.chunks(REF_BATCH).enumerate() {
+        let values: Vec<String> = (0..slice.len())
+            .map(|i| format!("($1, ${}, ${})", 2 + 2 * i, 3 + 2 * i))
+            .collect();
+        let sql = format!(
+            "INSERT INTO chunkrefs (nar_id, seq, chunk_id) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(nar_id);
+        for (i, id) in slice.iter().enumerate() {
+            q = q.bind((n * REF_BATCH + i) as i64).bind(*id);
+        }
+        q.execute(&mut **tx)
+            .await
+            .ctx("inserting chunk references")?;
+    }
+    Ok(())
 }
 
 async fn upsert_object(tx: &mut Transaction<'_, Any>, o: &NewObject, nar_id: i64) -> DbResult<()> {
