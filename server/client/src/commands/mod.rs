@@ -1,6 +1,6 @@
 //! The command line: one module per command, each with its clap arguments and its `run`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::cache_ref::CacheRef;
@@ -64,4 +64,19 @@ pub(crate) fn connect(cache: &CacheRef) -> Result<(Server, ApiClient)> {
     let server = config.resolve(cache.server.as_deref())?;
     let api = ApiClient::new(&server.endpoint, server.token.clone())?;
     Ok((server, api))
+}
+
+/// Where to push to a cache: an API client at the endpoint the server advertises for its API
+/// (as Attic does, it may live elsewhere), and the cache's upstream key names.
+pub(crate) async fn connect_for_push(cache: &CacheRef) -> Result<(ApiClient, Vec<String>)> {
+    let (_, api) = connect(cache)?;
+    let cfg = api
+        .get_cache_config(&cache.cache)
+        .await
+        .with_context(|| format!("reading cache {cache}"))?;
+    let api = match &cfg.api_endpoint {
+        Some(ep) => api.rebased(ep)?,
+        None => api,
+    };
+    Ok((api, cfg.upstream_cache_key_names.unwrap_or_default()))
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use crate::cache_ref::CacheRef;
-use crate::commands::connect;
+use crate::commands::connect_for_push;
 use crate::local_nix::{resolve_store_path, store_dir};
 use crate::progress::Progress;
 use crate::push::{plan, upload, PushOptions};
@@ -60,23 +60,13 @@ pub async fn run(a: Args) -> Result<()> {
         .map(|p| resolve_store_path(p, &sd))
         .collect::<Result<Vec<_>>>()?;
 
-    let (_, api) = connect(&a.cache)?;
-    let cfg = api
-        .get_cache_config(&a.cache.cache)
-        .await
-        .with_context(|| format!("reading cache {}", a.cache))?;
-    // As Attic: the server may advertise where its API really lives.
-    let api = match &cfg.api_endpoint {
-        Some(ep) => api.rebased(ep)?,
-        None => api,
-    };
+    let (api, upstream) = connect_for_push(&a.cache).await?;
     let opts = PushOptions {
         no_closure: a.no_closure,
         ignore_upstream_filter: a.ignore_upstream_cache_filter,
         jobs: usize::from(a.jobs),
         force_preamble: a.force_preamble,
     };
-    let upstream = cfg.upstream_cache_key_names.unwrap_or_default();
     let p = plan(
         &api,
         &a.cache.cache,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cache_ref::CacheRef;
-use crate::commands::connect;
+use crate::commands::connect_for_push;
 use crate::local_nix::store_dir;
 use crate::progress::Progress;
 use crate::push::{plan, upload, PushOptions};
@@ -71,19 +71,83 @@ async fn valid(paths: &[String]) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+/// What the watcher remembers between polls.
+struct Watch {
+    store_dir: String,
+    /// The directory listing of the last poll.
+    seen: BTreeSet<String>,
+    /// New store paths (base names) not yet pushed, and when they appeared.
+    pending: BTreeMap<String, Instant>,
+    /// Base names already pushed (or found present), so closures skip them.
+    handled: BTreeSet<String>,
+}
+
+impl Watch {
+    fn new(store_dir: String, seen: BTreeSet<String>) -> Watch {
+        Watch {
+            store_dir,
+            seen,
+            pending: BTreeMap::new(),
+            handled: BTreeSet::new(),
+        }
+    }
+
+    /// Takes a new listing: remembers the store paths that appeared, forgets the ones that
+    /// went away or stayed invalid too long, and returns the full paths no `.lock` sits
+    /// beside any more (Nix is done writing them).
+    fn settled(&mut self, now: BTreeSet<String>) -> Vec<String> {
+        let sd = &self.store_dir;
+        for name in now.difference(&self.seen) {
+            let is_path = !name.ends_with(".lock")
+                && !name.ends_with(".drv")
+                && StorePath::parse(&format!("{sd}/{name}")).is_ok();
+            if is_path {
+                self.pending.insert(name.clone(), Instant::now());
+            }
+        }
+        self.pending
+            .retain(|n, t| now.contains(n) && t.elapsed() < PENDING_TIMEOUT);
+        self.seen = now;
+        self.pending
+            .keys()
+            .filter(|n| !self.seen.contains(&format!("{n}.lock")))
+            .map(|n| format!("{sd}/{n}"))
+            .collect()
+    }
+
+    /// These paths are being pushed now; they are no longer waited for.
+    fn taken(&mut self, ready: &[String]) {
+        for p in ready {
+            self.pending.remove(p.rsplit('/').next().unwrap_or(p));
+        }
+    }
+
+    /// Remembers what a push considered, except what failed (that is tried again when it
+    /// shows up in a later closure), by the hash part of its base name.
+    fn pushed(&mut self, considered: Vec<String>, failed: &[(String, String)]) {
+        let failed: BTreeSet<&str> = failed.iter().map(|(p, _)| p.as_str()).collect();
+        self.handled.extend(
+            considered
+                .into_iter()
+                .filter(|p| !failed.contains(p.as_str()))
+                .map(|p| {
+                    p.rsplit('/')
+                        .next()
+                        .unwrap_or(&p)
+                        .chars()
+                        .take(32)
+                        .collect()
+                }),
+        );
+    }
+}
+
+/// Polls forever: settled new paths that Nix reports valid are pushed with their closure;
+/// errors are printed and the next poll goes on.
 pub async fn run(a: Args) -> Result<()> {
     let sd = store_dir();
     let dir = a.watch_dir.clone().unwrap_or_else(|| PathBuf::from(&sd));
-    let (_, api) = connect(&a.cache)?;
-    let cfg = api
-        .get_cache_config(&a.cache.cache)
-        .await
-        .with_context(|| format!("reading cache {}", a.cache))?;
-    let api = match &cfg.api_endpoint {
-        Some(ep) => api.rebased(ep)?,
-        None => api,
-    };
-    let upstream = cfg.upstream_cache_key_names.unwrap_or_default();
+    let (api, upstream) = connect_for_push(&a.cache).await?;
     let opts = PushOptions {
         no_closure: false,
         ignore_upstream_filter: a.ignore_upstream_cache_filter,
@@ -91,9 +155,7 @@ pub async fn run(a: Args) -> Result<()> {
         force_preamble: false,
     };
     let progress = Progress::new();
-    let mut seen = list(&dir)?;
-    let mut pending: BTreeMap<String, Instant> = BTreeMap::new();
-    let mut handled: BTreeSet<String> = BTreeSet::new();
+    let mut watch = Watch::new(sd, list(&dir)?);
     progress.println(&format!(
         "Watching {} (polling every {}) for new paths to push to {}",
         dir.display(),
@@ -109,21 +171,7 @@ pub async fn run(a: Args) -> Result<()> {
                 continue;
             }
         };
-        for name in now.difference(&seen) {
-            let is_path = !name.ends_with(".lock")
-                && !name.ends_with(".drv")
-                && StorePath::parse(&format!("{sd}/{name}")).is_ok();
-            if is_path {
-                pending.insert(name.clone(), Instant::now());
-            }
-        }
-        pending.retain(|n, t| now.contains(n) && t.elapsed() < PENDING_TIMEOUT);
-        seen = now;
-        let ready: Vec<String> = pending
-            .keys()
-            .filter(|n| !seen.contains(&format!("{n}.lock")))
-            .map(|n| format!("{sd}/{n}"))
-            .collect();
+        let ready = watch.settled(now);
         if ready.is_empty() {
             continue;
         }
@@ -137,29 +185,22 @@ pub async fn run(a: Args) -> Result<()> {
         if ready.is_empty() {
             continue;
         }
-        for p in &ready {
-            pending.remove(p.rsplit('/').next().unwrap_or(p));
-        }
-        match plan(&api, &a.cache.cache, &ready, &upstream, &opts, &handled).await {
+        watch.taken(&ready);
+        match plan(
+            &api,
+            &a.cache.cache,
+            &ready,
+            &upstream,
+            &opts,
+            &watch.handled,
+        )
+        .await
+        {
             Ok(p) => {
                 let considered = p.considered.clone();
                 let summary = upload(&api, &a.cache.cache, p, &opts, &progress).await;
                 progress.println(&summary.render());
-                let failed: BTreeSet<&str> =
-                    summary.failed.iter().map(|(p, _)| p.as_str()).collect();
-                handled.extend(
-                    considered
-                        .into_iter()
-                        .filter(|p| !failed.contains(p.as_str()))
-                        .map(|p| {
-                            p.rsplit('/')
-                                .next()
-                                .unwrap_or(&p)
-                                .chars()
-                                .take(32)
-                                .collect()
-                        }),
-                );
+                watch.pushed(considered, &summary.failed);
             }
             Err(e) => progress.println(&format!("error: {e:#}")),
         }
