@@ -74,102 +74,131 @@ impl NarInfo {
     /// without `": "` after the key is an error instead of being glued to the
     /// next line. Limiting the input size is the caller's job.
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let bad = |msg: String| Error::InvalidNarInfo(msg);
-
-        let mut store_path = None;
-        let mut url = None;
-        let mut compression = None;
-        let mut file_hash = None;
-        let mut file_size = None;
-        let mut nar_hash = None;
-        let mut nar_size = None;
-        let mut references = Vec::new();
-        let mut deriver = None;
-        let mut sigs = Vec::new();
-        let mut ca = None;
-        let mut system = None;
-
+        let mut fields = Fields::default();
         let mut rest = text;
         let mut line_no = 0usize;
         while !rest.is_empty() {
             line_no += 1;
-            let (line, tail) = rest
-                .split_once('\n')
-                .ok_or_else(|| bad(format!("line {line_no} does not end with a newline")))?;
+            let (key, value, tail) = split_line(rest, line_no)?;
             rest = tail;
-            let colon = line
-                .find(':')
-                .ok_or_else(|| bad(format!("line {line_no} has no ':'")))?;
-            let key = &line[..colon];
-            // Nix skips exactly two characters: the colon and one space.
-            let value = line
-                .get(colon + 1..)
-                .and_then(|v| v.strip_prefix(' '))
-                .ok_or_else(|| bad(format!("line {line_no}: expected ': ' after {key:?}")))?;
-
-            match key {
-                "StorePath" => {
-                    StorePath::parse(value)?;
-                    store_path = Some(value.to_owned());
-                }
-                "URL" => {
-                    if value.is_empty() {
-                        return Err(bad("URL is empty".into()));
-                    }
-                    url = Some(value.to_owned());
-                }
-                "Compression" => compression = Some(value.to_owned()),
-                "FileHash" => file_hash = Some(value.to_owned()),
-                "FileSize" => file_size = Some(parse_u64(key, value)?),
-                "NarHash" => nar_hash = Some(Sha256Hash::parse_any(value)?),
-                "NarSize" => nar_size = Some(parse_u64(key, value)?),
-                "References" => {
-                    references.clear();
-                    for r in value.split(' ').filter(|r| !r.is_empty()) {
-                        validate_base_name(r)?;
-                        references.push(r.to_owned());
-                    }
-                }
-                "Deriver" => {
-                    if value == UNKNOWN_DERIVER {
-                        deriver = None;
-                    } else {
-                        validate_base_name(value)?;
-                        deriver = Some(value.to_owned());
-                    }
-                }
-                "Sig" => sigs.push(value.to_owned()),
-                "CA" => ca = (!value.is_empty()).then(|| value.to_owned()),
-                "System" => system = Some(value.to_owned()),
-                _ => {}
-            }
+            fields.set(key, value)?;
         }
+        fields.finish()
+    }
+}
 
-        let store_path = store_path.ok_or_else(|| bad("missing StorePath".into()))?;
-        let url = url.ok_or_else(|| bad("missing URL".into()))?;
-        let nar_hash = nar_hash.ok_or_else(|| bad("missing NarHash".into()))?;
-        let nar_size = nar_size.ok_or_else(|| bad("missing NarSize".into()))?;
+fn bad(msg: String) -> Error {
+    Error::InvalidNarInfo(msg)
+}
+
+/// The first line of `rest` as key and value, and what follows it. Nix skips exactly two
+/// characters after the key: the colon and one space.
+fn split_line(rest: &str, line_no: usize) -> Result<(&str, &str, &str), Error> {
+    let (line, tail) = rest
+        .split_once('\n')
+        .ok_or_else(|| bad(format!("line {line_no} does not end with a newline")))?;
+    let colon = line
+        .find(':')
+        .ok_or_else(|| bad(format!("line {line_no} has no ':'")))?;
+    let key = &line[..colon];
+    let value = line
+        .get(colon + 1..)
+        .and_then(|v| v.strip_prefix(' '))
+        .ok_or_else(|| bad(format!("line {line_no}: expected ': ' after {key:?}")))?;
+    Ok((key, value, tail))
+}
+
+/// The fields seen so far; each line is checked as it is read, the required fields once
+/// all are in.
+#[derive(Default)]
+struct Fields {
+    store_path: Option<String>,
+    url: Option<String>,
+    compression: Option<String>,
+    file_hash: Option<String>,
+    file_size: Option<u64>,
+    nar_hash: Option<Sha256Hash>,
+    nar_size: Option<u64>,
+    references: Vec<String>,
+    deriver: Option<String>,
+    sigs: Vec<String>,
+    ca: Option<String>,
+    system: Option<String>,
+}
+
+impl Fields {
+    /// One `Key: value` line: later duplicates win, `Sig` accumulates, unknown keys are
+    /// ignored.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        match key {
+            "StorePath" => {
+                StorePath::parse(value)?;
+                self.store_path = Some(value.to_owned());
+            }
+            "URL" => {
+                if value.is_empty() {
+                    return Err(bad("URL is empty".into()));
+                }
+                self.url = Some(value.to_owned());
+            }
+            "Compression" => self.compression = Some(value.to_owned()),
+            "FileHash" => self.file_hash = Some(value.to_owned()),
+            "FileSize" => self.file_size = Some(parse_u64(key, value)?),
+            "NarHash" => self.nar_hash = Some(Sha256Hash::parse_any(value)?),
+            "NarSize" => self.nar_size = Some(parse_u64(key, value)?),
+            "References" => {
+                self.references.clear();
+                for r in value.split(' ').filter(|r| !r.is_empty()) {
+                    validate_base_name(r)?;
+                    self.references.push(r.to_owned());
+                }
+            }
+            "Deriver" => {
+                if value == UNKNOWN_DERIVER {
+                    self.deriver = None;
+                } else {
+                    validate_base_name(value)?;
+                    self.deriver = Some(value.to_owned());
+                }
+            }
+            "Sig" => self.sigs.push(value.to_owned()),
+            "CA" => self.ca = (!value.is_empty()).then(|| value.to_owned()),
+            "System" => self.system = Some(value.to_owned()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The document, once the required fields are known to be there.
+    fn finish(self) -> Result<NarInfo, Error> {
+        let store_path = self
+            .store_path
+            .ok_or_else(|| bad("missing StorePath".into()))?;
+        let url = self.url.ok_or_else(|| bad("missing URL".into()))?;
+        let nar_hash = self.nar_hash.ok_or_else(|| bad("missing NarHash".into()))?;
+        let nar_size = self.nar_size.ok_or_else(|| bad("missing NarSize".into()))?;
         if nar_size == 0 {
             return Err(bad("NarSize must be non-zero".into()));
         }
         // Nix treats a missing or empty Compression as the historical default.
-        let compression = compression
+        let compression = self
+            .compression
             .filter(|c: &String| !c.is_empty())
             .unwrap_or_else(|| "bzip2".to_owned());
 
-        Ok(Self {
+        Ok(NarInfo {
             store_path,
             url,
             compression,
-            file_hash,
-            file_size,
+            file_hash: self.file_hash,
+            file_size: self.file_size,
             nar_hash,
             nar_size,
-            references,
-            deriver,
-            sigs,
-            ca,
-            system,
+            references: self.references,
+            deriver: self.deriver,
+            sigs: self.sigs,
+            ca: self.ca,
+            system: self.system,
         })
     }
 }
