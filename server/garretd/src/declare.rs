@@ -38,7 +38,9 @@ pub fn declared_keypair(d: &DeclaredCache) -> anyhow::Result<Option<String>> {
     Ok(Some(kp.to_canonical_string()))
 }
 
-/// Pure: compares a declaration (with its resolved keypair) to the current row.
+/// Compares a declaration (with its resolved keypair) to the current row, without touching
+/// the database. Not pure: a cache to be created without a configured key gets a freshly
+/// generated keypair (random), so two calls may differ in that key.
 pub fn plan(
     d: &DeclaredCache,
     keypair: Option<String>,

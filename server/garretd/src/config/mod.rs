@@ -286,7 +286,9 @@ impl Config {
         Self::from_toml(&text, src, env::vars_with_prefix("GARRETD_"))
     }
 
-    /// Pure part of [`Config::load`]: text + command line + environment overrides.
+    /// [`Config::load`] after the file is read: text + command line + `GARRETD_` overrides.
+    /// Not pure: `ATTIC_SERVER_DATABASE_URL` is still read from the process environment, and
+    /// the default data directory depends on `XDG_DATA_HOME` and `HOME`.
     pub fn from_toml(
         text: &str,
         src: &ConfigSource,
