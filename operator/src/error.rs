@@ -58,5 +58,17 @@ impl Error {
     }
 }
 
+/// Why a spec cannot be turned into objects, for the user (the `validate` steps return it;
+/// fixing the spec is the only remedy).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+impl From<InvalidSpec> for Error {
+    fn from(e: InvalidSpec) -> Self {
+        Error::InvalidSpec(e.0)
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

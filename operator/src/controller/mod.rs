@@ -1,6 +1,7 @@
-//! The two controllers and what they share: the API client, the Event recorder, error
-//! back-off and the server-side-apply helper. Everything here talks to the API server; the
-//! decisions it acts on come from `build` and `renewal`.
+//! The edge of the pipeline: the two controllers and what they share (the API client, the
+//! Event recorder, error back-off, and one helper per kind of write). Everything here talks
+//! to the API server, the clock or the random source; every decision it acts on comes from
+//! the pure `desired` and `token` modules.
 
 pub mod binary_cache;
 pub mod cache_token;
@@ -11,13 +12,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::json;
 
+use crate::desired::meta::{key_of, owned_by, Note, MANAGED_BY};
 use crate::{Error, Result, FIELD_MANAGER};
 
 /// How the operator runs.
@@ -71,8 +74,15 @@ impl Context {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    /// Publish an Event about `obj`; failures are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, ev: Event) {
+    /// Publish `note` as an Event about `obj`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, note: &Note) {
+        let ev = Event {
+            type_: EventType::Normal,
+            reason: note.reason.into(),
+            note: Some(note.note.clone()),
+            action: note.action.into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason = %ev.reason, "publishing event failed");
         }
@@ -100,17 +110,6 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs((5u64 << exp).min(300))
 }
 
-fn key_of<K: Resource>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default()
-    )
-}
-
-/// Label every object the operator writes carries.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", FIELD_MANAGER);
-
 /// Watch only objects the operator wrote, so it does not cache every Secret in the cluster.
 pub fn children_only() -> kube::runtime::watcher::Config {
     kube::runtime::watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
@@ -127,6 +126,17 @@ pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) 
 /// Now, as a Kubernetes timestamp.
 pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// `Api` for `K` in the watched namespace, or in all namespaces.
+pub fn scoped_api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Server-side apply `obj` (forced: the operator owns these fields).
@@ -155,6 +165,46 @@ where
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(Error::kube(format!("deleting {name}"), e)),
     }
+}
+
+/// Create `obj` unless it exists (409 counts as done): for objects written once.
+pub async fn create_if_absent<K>(api: &Api<K>, obj: &K) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube(format!("creating {}", obj.name_any()), e)),
+    }
+}
+
+/// Delete `name` if it exists and `owner_uid` owns it; objects of others are left alone.
+pub async fn delete_if_owned<K>(api: &Api<K>, name: &str, owner_uid: Option<&str>) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match get_opt(api, name).await? {
+        Some(existing) if owned_by(&existing, owner_uid) => delete_if_present(api, name).await,
+        _ => Ok(()),
+    }
+}
+
+/// Merge-patch `status` into the status subresource of `obj`.
+pub async fn patch_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("writing {} status", K::kind(&())), e))?;
+    Ok(())
 }
 
 /// Get, with `None` for 404.

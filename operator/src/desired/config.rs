@@ -7,11 +7,13 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 use toml::{Table, Value};
 
-use super::{child_meta, Names, CACHE_KEYS_DIR, DATA_DIR, HTTP_PORT};
+use super::meta::Names;
+use super::validate::Validated;
+use super::{CACHE_KEYS_DIR, DATA_DIR, HTTP_PORT};
 use crate::types::BinaryCache;
-use crate::{Error, Result};
 
 /// The URL clients reach the server at: the Ingress host when exposed, else the Service.
+/// Takes the raw object because CacheTokens read it from a BinaryCache they do not validate.
 pub fn endpoint(bc: &BinaryCache) -> String {
     match &bc.spec.ingress {
         Some(i) => {
@@ -24,8 +26,8 @@ pub fn endpoint(bc: &BinaryCache) -> String {
         }
         None => format!(
             "http://{}.{}.svc/",
-            Names(&bc.metadata.name.clone().unwrap_or_default()).workload(),
-            bc.metadata.namespace.clone().unwrap_or_default()
+            Names(bc.metadata.name.as_deref().unwrap_or_default()).workload(),
+            bc.metadata.namespace.as_deref().unwrap_or_default()
         ),
     }
 }
@@ -36,11 +38,11 @@ fn s(v: impl Into<String>) -> Value {
 
 /// Settings that need a restart to change (listen, storage, database, GC); the caches part
 /// is re-read by garretd while running, so it is kept apart for the restart hash.
-fn server_table(bc: &BinaryCache) -> Table {
-    let spec = &bc.spec;
+fn server_table(v: &Validated) -> Table {
+    let spec = &v.spec;
     let mut t = Table::new();
     t.insert("listen".into(), s(format!("[::]:{HTTP_PORT}")));
-    t.insert("api-endpoint".into(), s(endpoint(bc)));
+    t.insert("api-endpoint".into(), s(&v.endpoint));
 
     if spec.database.postgres.is_none() {
         let mut db = Table::new();
@@ -83,8 +85,8 @@ fn server_table(bc: &BinaryCache) -> Table {
     t
 }
 
-fn caches_table(bc: &BinaryCache) -> Table {
-    let caches: Vec<Value> = bc
+fn caches_table(v: &Validated) -> Table {
+    let caches: Vec<Value> = v
         .spec
         .caches
         .iter()
@@ -118,44 +120,41 @@ fn caches_table(bc: &BinaryCache) -> Table {
     t
 }
 
-fn render(t: &Table) -> Result<String> {
-    toml::to_string(t).map_err(|e| Error::Serialize(format!("server.toml: {e}")))
+/// TOML text of `t`. Infallible here: these tables hold only strings, booleans, integers
+/// and arrays of them, all of which TOML can represent (`Table`'s `Display` relies on that).
+fn render(t: &Table) -> String {
+    t.to_string()
 }
 
 /// The full server.toml text.
-pub fn server_toml(bc: &BinaryCache) -> Result<String> {
-    let mut all = server_table(bc);
-    all.extend(caches_table(bc));
+pub fn server_toml(v: &Validated) -> String {
+    let mut all = server_table(v);
+    all.extend(caches_table(v));
     render(&all)
 }
 
 /// Hash of the settings garretd reads only at start; put on the pod template so changing
 /// them rolls the pods, while cache declarations apply live.
-pub fn restart_hash(bc: &BinaryCache) -> Result<String> {
-    let text = render(&server_table(bc))?;
-    Ok(hex::encode(&Sha256::digest(text.as_bytes())[..8]))
+pub fn restart_hash(v: &Validated) -> String {
+    hex::encode(&Sha256::digest(render(&server_table(v)).as_bytes())[..8])
 }
 
 /// The ConfigMap, owned by the BinaryCache.
-pub fn config_map(bc: &BinaryCache) -> Result<ConfigMap> {
-    Ok(ConfigMap {
-        metadata: child_meta(
-            bc,
-            Names(&bc.metadata.name.clone().unwrap_or_default()).config(),
-            true,
-        )?,
+pub fn config_map(v: &Validated) -> ConfigMap {
+    ConfigMap {
+        metadata: v.child_meta(v.names().config(), true),
         data: Some(BTreeMap::from([(
             "server.toml".to_string(),
-            server_toml(bc)?,
+            server_toml(v),
         )])),
         ..ConfigMap::default()
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::*;
+    use crate::desired::fixtures::*;
     use garretd::config::{Config, ConfigSource, StorageConfig};
 
     /// garretd's own parser is the judge of what the operator writes.
@@ -166,8 +165,8 @@ mod tests {
 
     #[test]
     fn minimal_config_is_sqlite_and_local_with_declared_caches() {
-        let bc = binary_cache(MINIMAL);
-        let cfg = parse(&server_toml(&bc).expect("render"));
+        let bc = validated(MINIMAL);
+        let cfg = parse(&server_toml(&bc));
         assert_eq!(
             cfg.database_url(),
             "sqlite:///var/lib/garret/server.db?mode=rwc"
@@ -203,8 +202,8 @@ mod tests {
 
     #[test]
     fn full_config_is_s3_with_gc_and_https_endpoint() {
-        let bc = binary_cache(FULL);
-        let text = server_toml(&bc).expect("render");
+        let bc = validated(FULL);
+        let text = server_toml(&bc);
         assert!(
             !text.contains("[database]"),
             "the URL comes from the Secret: {text}"
@@ -238,23 +237,17 @@ mod tests {
 
     #[test]
     fn restart_hash_ignores_caches_but_not_storage() {
-        let a = binary_cache(MINIMAL);
+        let a = validated(MINIMAL);
         let mut b = a.clone();
         b.spec.caches.pop();
-        assert_eq!(
-            restart_hash(&a).expect("hash"),
-            restart_hash(&b).expect("hash")
-        );
+        assert_eq!(restart_hash(&a), restart_hash(&b));
         b.spec.garbage_collection.interval = Some("1 hour".into());
-        assert_ne!(
-            restart_hash(&a).expect("hash"),
-            restart_hash(&b).expect("hash")
-        );
+        assert_ne!(restart_hash(&a), restart_hash(&b));
     }
 
     #[test]
     fn config_map_is_owned() {
-        let cm = config_map(&binary_cache(MINIMAL)).expect("cm");
+        let cm = config_map(&validated(MINIMAL));
         assert_eq!(cm.metadata.name.as_deref(), Some("main-config"));
         assert_eq!(cm.metadata.owner_references.map(|r| r.len()), Some(1));
         assert!(cm.data.is_some_and(|d| d.contains_key("server.toml")));

@@ -8,12 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::networking::v1::Ingress;
-use serde_json::json;
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
 
-use super::{child_meta, Names};
-use crate::types::BinaryCache;
-use crate::{Error, Result};
+use super::validate::Validated;
 
 /// Seconds a proxy waits on an upload or for garretd's answer.
 pub const PROXY_TIMEOUT_SECS: u32 = 3600;
@@ -49,54 +49,60 @@ pub fn default_annotations() -> BTreeMap<String, String> {
 }
 
 /// The Ingress, or `None` when the spec asks for none.
-pub fn ingress(bc: &BinaryCache) -> Result<Option<Ingress>> {
-    let Some(spec) = &bc.spec.ingress else {
-        return Ok(None);
-    };
-    let name = Names(&bc.metadata.name.clone().unwrap_or_default()).workload();
-    let mut meta = child_meta(bc, name.clone(), true)?;
+pub fn ingress(v: &Validated) -> Option<Ingress> {
+    let spec = v.spec.ingress.as_ref()?;
+    let name = v.names().workload();
+    let mut meta = v.child_meta(name.clone(), true);
     let mut annotations = default_annotations();
     annotations.extend(spec.annotations.clone());
     meta.annotations = Some(annotations);
-    let mut ing = json!({
-        "metadata": meta,
-        "spec": {
-            "rules": [{
-                "host": spec.host,
-                "http": {"paths": [{
-                    "path": "/",
-                    "pathType": "Prefix",
-                    "backend": {"service": {"name": name, "port": {"name": "http"}}}
-                }]}
-            }]
-        }
-    });
-    if let Some(class) = &spec.class_name {
-        ing["spec"]["ingressClassName"] = json!(class);
-    }
-    if let Some(tls) = &spec.tls_secret_name {
-        ing["spec"]["tls"] = json!([{"hosts": [spec.host], "secretName": tls}]);
-    }
-    serde_json::from_value(ing)
-        .map(Some)
-        .map_err(|e| Error::Serialize(format!("Ingress: {e}")))
+    let path = HTTPIngressPath {
+        path: Some("/".into()),
+        path_type: "Prefix".into(),
+        backend: IngressBackend {
+            service: Some(IngressServiceBackend {
+                name,
+                port: Some(ServiceBackendPort {
+                    name: Some("http".into()),
+                    number: None,
+                }),
+            }),
+            ..IngressBackend::default()
+        },
+    };
+    Some(Ingress {
+        metadata: meta,
+        spec: Some(IngressSpec {
+            ingress_class_name: spec.class_name.clone(),
+            rules: Some(vec![IngressRule {
+                host: Some(spec.host.clone()),
+                http: Some(HTTPIngressRuleValue { paths: vec![path] }),
+            }]),
+            tls: spec.tls_secret_name.as_ref().map(|tls| {
+                vec![IngressTLS {
+                    hosts: Some(vec![spec.host.clone()]),
+                    secret_name: Some(tls.clone()),
+                }]
+            }),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::*;
+    use crate::desired::fixtures::*;
 
     #[test]
     fn no_ingress_unless_asked() {
-        assert!(ingress(&binary_cache(MINIMAL)).expect("build").is_none());
+        assert!(ingress(&validated(MINIMAL)).is_none());
     }
 
     #[test]
     fn ingress_raises_limits_and_user_annotations_win() {
-        let ing = ingress(&binary_cache(FULL))
-            .expect("build")
-            .expect("ingress");
+        let ing = ingress(&validated(FULL)).expect("ingress");
         let ann = ing.metadata.annotations.clone().expect("annotations");
         assert_eq!(ann["nginx.ingress.kubernetes.io/proxy-body-size"], "50g");
         assert_eq!(

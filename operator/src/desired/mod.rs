@@ -1,18 +1,37 @@
-//! Pure builders: a validated `BinaryCache` in, the desired child objects out. No I/O; the
-//! only impure inputs (generated keys) are passed in by the controller.
+//! The desired child objects of a BinaryCache, as pure functions. The pipeline:
+//!
+//! 1. [`validate`]: the object in, a [`Validated`] spec (or the [`InvalidSpec`] message
+//!    for status) out; after this nothing about the spec can fail.
+//! 2. [`desired`]: `Validated` and what the controller [`Observed`] in, every child object
+//!    and the status it implies ([`Children`]) out. Infallible and free of I/O.
+//! 3. `controller::binary_cache` applies the children, then writes [`status`].
+//!
+//! Key generation needs randomness (and seconds of CPU for RSA), so it is not done here: the
+//! controller reads the existing key Secrets, asks [`secrets::caches_missing_keys`] what is
+//! missing, generates exactly that and passes it in through [`Observed`]. `desired` then only
+//! places keys, so the same inputs always give the same objects.
 
 pub mod config;
 pub mod ingress;
+pub mod meta;
 pub mod secrets;
+pub mod status;
+pub mod validate;
 pub mod workload;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::{Resource, ResourceExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 
-use crate::types::BinaryCache;
-use crate::{Error, Result};
+pub use crate::error::InvalidSpec;
+use crate::types::CacheStatus;
+pub use meta::{Names, Note};
+pub use validate::{validate, Validated};
 
 /// Port garretd listens on inside the pod.
 pub const HTTP_PORT: i32 = 8080;
@@ -25,215 +44,167 @@ pub const DATA_DIR: &str = "/var/lib/garret";
 /// Key of the token-signing Secret holding `ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64`.
 pub const TOKEN_KEY_FIELD: &str = "token-rs256-secret-base64";
 
-/// Names of every object a BinaryCache owns, in one place.
-pub struct Names<'a>(pub &'a str);
-
-impl Names<'_> {
-    pub fn workload(&self) -> String {
-        self.0.to_string()
-    }
-    pub fn config(&self) -> String {
-        format!("{}-config", self.0)
-    }
-    pub fn token_key(&self) -> String {
-        format!("{}-token-key", self.0)
-    }
-    pub fn cache_keys(&self) -> String {
-        format!("{}-cache-keys", self.0)
-    }
-    pub fn data(&self) -> String {
-        format!("{}-data", self.0)
-    }
+/// What the controller read from the cluster and generated before [`desired`].
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The cache-keys Secret as read, if it exists.
+    pub cache_keys: Option<Secret>,
+    /// A freshly generated token-signing key (the Secret's value); set only when no
+    /// token-key Secret exists.
+    pub new_token_key: Option<String>,
+    /// Freshly generated keypairs (canonical text) for the caches that had none, by name.
+    pub new_cache_keys: BTreeMap<String, String>,
 }
 
-/// Labels on every child and the pod selector.
-pub fn labels(bc: &BinaryCache) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), "garretd".to_string()),
-        ("app.kubernetes.io/instance".to_string(), bc.name_any()),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            crate::FIELD_MANAGER.to_string(),
-        ),
-    ])
+/// Every child of a BinaryCache, in the order they are applied, and what status they imply.
+#[derive(Clone, Debug)]
+pub struct Children {
+    /// A new token-signing Secret (created once, never updated) and the Event announcing it.
+    pub token_key: Option<(Secret, Note)>,
+    /// The cache-keys Secret with new keypairs added; `None` when nothing is new. Replaced
+    /// with its `resourceVersion` when set, created otherwise.
+    pub cache_keys: Option<Secret>,
+    pub config_map: ConfigMap,
+    /// Created once: most of a claim's spec is immutable, and resizing is deliberate.
+    pub data_pvc: Option<PersistentVolumeClaim>,
+    pub deployment: Deployment,
+    pub service: Service,
+    /// `None`: an Ingress this BinaryCache owns is deleted.
+    pub ingress: Option<Ingress>,
+    /// For status: the URL clients use.
+    pub endpoint: String,
+    /// For status: the public key of every declared cache.
+    pub caches: Vec<CacheStatus>,
 }
 
-/// Controller owner reference to `owner`, so children are garbage-collected with it and
-/// their changes wake its controller.
-pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Result<OwnerReference> {
-    owner
-        .controller_owner_ref(&())
-        .ok_or_else(|| Error::InvalidSpec("owner has no uid yet".into()))
-}
-
-/// Metadata for a child of `bc`; `owned = false` for state that must survive the owner
-/// (`reclaimPolicy` decides its fate in the finalizer instead).
-pub fn child_meta(bc: &BinaryCache, name: String, owned: bool) -> Result<ObjectMeta> {
-    Ok(ObjectMeta {
-        name: Some(name),
-        namespace: bc.namespace(),
-        labels: Some(labels(bc)),
-        owner_references: if owned {
-            Some(vec![owner_ref(bc)?])
-        } else {
-            None
-        },
-        ..ObjectMeta::default()
-    })
-}
-
-/// Rejects specs garretd or Kubernetes would reject later, with a message for the user.
-pub fn validate(bc: &BinaryCache) -> Result<()> {
-    let spec = &bc.spec;
-    let invalid = |m: String| Err(Error::InvalidSpec(m));
-    if spec.image.trim().is_empty() {
-        return invalid("image must not be empty".into());
+/// The children of `v`, given what was observed.
+pub fn desired(v: &Validated, o: &Observed) -> Children {
+    let existing = o.cache_keys.as_ref();
+    let all_keys = secrets::cache_keys_data(existing, &o.new_cache_keys);
+    let name = v.names().token_key();
+    Children {
+        token_key: o.new_token_key.as_deref().map(|value| {
+            let note = format!("token-signing key stored in Secret {name}");
+            (
+                secrets::token_key_secret(v, value),
+                meta::normal_event("KeyGenerated", "GenerateKey", note),
+            )
+        }),
+        cache_keys: secrets::cache_keys_secret(v, existing, &o.new_cache_keys),
+        config_map: config::config_map(v),
+        data_pvc: workload::data_pvc(v),
+        deployment: workload::deployment(v),
+        service: workload::service(v),
+        ingress: ingress::ingress(v),
+        endpoint: v.endpoint.clone(),
+        caches: secrets::public_keys(v, &all_keys),
     }
-    if spec.replicas < 0 {
-        return invalid("replicas must not be negative".into());
-    }
-    if spec.replicas > 1 && (spec.storage.s3.is_none() || spec.database.postgres.is_none()) {
-        return invalid(
-            "more than one replica needs storage.s3 and database.postgres (the data volume is ReadWriteOnce)".into(),
-        );
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for c in &spec.caches {
-        if let Err(e) = garret_core::cache_name::CacheName::parse(&c.name) {
-            return invalid(format!("cache name {:?}: {e}", c.name));
-        }
-        if !seen.insert(c.name.as_str()) {
-            return invalid(format!("cache {:?} is declared twice", c.name));
-        }
-        if let Some(p) = &c.retention_period {
-            duration(p, &format!("caches[{}].retentionPeriod", c.name))?;
-        }
-    }
-    let gc = &spec.garbage_collection;
-    for (field, value) in [
-        ("garbageCollection.interval", &gc.interval),
-        (
-            "garbageCollection.defaultRetentionPeriod",
-            &gc.default_retention_period,
-        ),
-    ] {
-        if let Some(v) = value {
-            duration(v, field)?;
-        }
-    }
-    if let Some(i) = &spec.ingress {
-        if i.host.trim().is_empty() {
-            return invalid("ingress.host must not be empty".into());
-        }
-    }
-    Ok(())
-}
-
-fn duration(text: &str, field: &str) -> Result<std::time::Duration> {
-    garret_core::duration::parse_duration(text)
-        .map_err(|e| Error::InvalidSpec(format!("{field}: {e}")))
-}
-
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use crate::types::BinaryCache;
-
-    /// A BinaryCache as a user would write it, with the uid the API server would add.
-    pub fn binary_cache(yaml: &str) -> BinaryCache {
-        let mut bc: BinaryCache = serde_saphyr::from_str(yaml).expect("fixture parses");
-        bc.metadata.uid = Some("0000-uid".into());
-        bc.metadata.namespace = Some("ns".into());
-        bc
-    }
-
-    pub const MINIMAL: &str = r#"
-apiVersion: garret.dev/v1alpha1
-kind: BinaryCache
-metadata: {name: main}
-spec:
-  caches:
-    - name: team
-    - name: public-stuff
-      public: true
-      priority: 30
-      retentionPeriod: 30 days
-      upstreamCacheKeyNames: []
-"#;
-
-    pub const FULL: &str = r#"
-apiVersion: garret.dev/v1alpha1
-kind: BinaryCache
-metadata: {name: big}
-spec:
-  image: example.org/garretd:dev
-  replicas: 3
-  storage:
-    s3:
-      bucket: nars
-      region: eu-west-1
-      endpoint: https://s3.example.org
-      credentialsSecretRef: {name: s3-creds}
-  database:
-    postgres: {name: pg, key: url}
-  ingress:
-    host: cache.example.org
-    className: nginx
-    tlsSecretName: cache-tls
-    annotations:
-      nginx.ingress.kubernetes.io/proxy-body-size: 50g
-  resources:
-    requests: {cpu: 500m, memory: 1Gi}
-  garbageCollection:
-    interval: 6 hours
-    defaultRetentionPeriod: 90 days
-"#;
 }
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::*;
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::ByteString;
+    use serde_json::{json, Value};
 
-    #[test]
-    fn fixtures_are_valid() {
-        validate(&binary_cache(MINIMAL)).expect("minimal");
-        validate(&binary_cache(FULL)).expect("full");
+    /// A fixture input: the BinaryCache and, in plain strings, what was observed.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Input {
+        binary_cache: crate::types::BinaryCache,
+        observed: ObservedInput,
     }
 
-    #[test]
-    fn rejects_bad_specs() {
-        let cases = [
-            ("spec: {replicas: 2}", "more than one replica"),
-            ("spec: {caches: [{name: a}, {name: a}]}", "declared twice"),
-            ("spec: {caches: [{name: 'bad name!'}]}", "cache name"),
-            (
-                "spec: {caches: [{name: a, retentionPeriod: forever}]}",
-                "retentionPeriod",
-            ),
-            (
-                "spec: {garbageCollection: {interval: soon}}",
-                "garbageCollection.interval",
-            ),
-            ("spec: {image: ''}", "image"),
-        ];
-        for (spec, needle) in cases {
-            let bc = binary_cache(&format!(
-                "apiVersion: garret.dev/v1alpha1\nkind: BinaryCache\nmetadata: {{name: x}}\n{spec}"
-            ));
-            let err = validate(&bc).expect_err(spec).to_string();
-            assert!(err.contains(needle), "{spec}: {err}");
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ObservedInput {
+        cache_keys: Option<BTreeMap<String, String>>,
+        cache_keys_resource_version: Option<String>,
+        new_token_key: Option<String>,
+        #[serde(default)]
+        new_cache_keys: BTreeMap<String, String>,
+    }
+
+    fn observed(o: ObservedInput) -> Observed {
+        Observed {
+            cache_keys: o.cache_keys.map(|data| Secret {
+                metadata: ObjectMeta {
+                    resource_version: o.cache_keys_resource_version,
+                    ..ObjectMeta::default()
+                },
+                data: Some(
+                    data.into_iter()
+                        .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                        .collect(),
+                ),
+                ..Secret::default()
+            }),
+            new_token_key: o.new_token_key,
+            new_cache_keys: o.new_cache_keys,
         }
     }
 
+    /// Children as data, in apply order, for comparison with the expected fixture.
+    fn as_value(c: &Children) -> Value {
+        let mut children = vec![];
+        let mut events = vec![];
+        if let Some((secret, event)) = &c.token_key {
+            children.push(json!(secret));
+            events
+                .push(json!({"reason": event.reason, "action": event.action, "note": event.note}));
+        }
+        children.extend(c.cache_keys.iter().map(|s| json!(s)));
+        children.push(json!(c.config_map));
+        children.extend(c.data_pvc.iter().map(|p| json!(p)));
+        children.push(json!(c.deployment));
+        children.push(json!(c.service));
+        children.extend(c.ingress.iter().map(|i| json!(i)));
+        json!({
+            "children": children,
+            "events": events,
+            "status": {"endpoint": c.endpoint, "caches": c.caches},
+        })
+    }
+
+    fn check(case: &str) -> Children {
+        let input: Input = fixtures::read(&format!("{case}.input.yaml"));
+        let v = validate(&input.binary_cache).expect("fixture is valid");
+        let children = desired(&v, &observed(input.observed));
+        fixtures::assert_expected(&format!("{case}.expected.yaml"), &as_value(&children));
+        children
+    }
+
     #[test]
-    fn children_are_owned_except_state() {
-        let bc = binary_cache(MINIMAL);
-        let owned = child_meta(&bc, "x".into(), true).expect("meta");
-        let refs = owned.owner_references.expect("owner refs");
-        assert_eq!(refs[0].kind, "BinaryCache");
-        assert_eq!(refs[0].uid, "0000-uid");
-        assert_eq!(refs[0].controller, Some(true));
-        let state = child_meta(&bc, "y".into(), false).expect("meta");
-        assert!(state.owner_references.is_none());
+    fn local_binary_cache_children_match_the_fixture() {
+        let c = check("binary-cache");
+        // The points the fixture exists for, spelled out so a careless re-bless shows.
+        assert!(c.token_key.is_some(), "a generated key is stored");
+        let keys = c.cache_keys.expect("new keypair added");
+        assert_eq!(keys.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(keys.data.map(|d| d.len()), Some(2));
+        assert!(c.data_pvc.is_some() && c.ingress.is_some());
+        assert_eq!(c.endpoint, "https://cache.example.org/");
+        assert_eq!(c.caches.len(), 2);
+    }
+
+    #[test]
+    fn s3_binary_cache_children_match_the_fixture() {
+        let c = check("binary-cache-s3");
+        assert!(
+            c.token_key.is_none() && c.cache_keys.is_none(),
+            "keys exist"
+        );
+        assert!(c.data_pvc.is_none() && c.ingress.is_none());
+        assert_eq!(c.endpoint, "http://big.ns.svc/");
+        assert_eq!(c.caches.len(), 1);
+    }
+
+    #[test]
+    fn same_inputs_same_children() {
+        let input: Input = fixtures::read("binary-cache.input.yaml");
+        let v = validate(&input.binary_cache).expect("valid");
+        let o = observed(input.observed);
+        assert_eq!(as_value(&desired(&v, &o)), as_value(&desired(&v, &o)));
     }
 }

@@ -1,177 +1,289 @@
-//! Deployment, Service and data PVC for garretd.
+//! Deployment, Service and data PVC for garretd, built as typed objects so nothing can fail
+//! after validation.
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::restart_hash;
-use super::{
-    child_meta, labels, Names, CACHE_KEYS_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TOKEN_KEY_FIELD,
-};
-use crate::types::BinaryCache;
-use crate::{Error, Result};
+use super::validate::Validated;
+use super::{CACHE_KEYS_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TOKEN_KEY_FIELD};
 
 /// UID/GID garretd runs as (the distroless `nonroot` user).
 pub const RUN_AS: i64 = 65532;
 
-fn typed<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T> {
-    serde_json::from_value(v).map_err(|e| Error::Serialize(format!("{what}: {e}")))
+fn secret_env(var: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: var.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
-fn name_of(bc: &BinaryCache) -> String {
-    bc.metadata.name.clone().unwrap_or_default()
-}
-
-/// Whether the pod needs the data volume: for SQLite or local chunks.
-pub fn needs_volume(bc: &BinaryCache) -> bool {
-    bc.spec.storage.s3.is_none() || bc.spec.database.postgres.is_none()
-}
-
-fn secret_env(var: &str, secret: &str, key: &str) -> Value {
-    json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
-}
-
-/// The garretd Deployment: non-root, read-only root filesystem, no capabilities; probes on
-/// `/healthz` (process alive) and `/readyz` (database reachable).
-pub fn deployment(bc: &BinaryCache) -> Result<Deployment> {
-    let spec = &bc.spec;
-    let names = Names(&name_of(bc));
-    let labels = labels(bc);
-
+fn env(v: &Validated) -> Vec<EnvVar> {
+    let spec = &v.spec;
     let mut env = vec![secret_env(
         "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64",
-        &names.token_key(),
+        &v.names().token_key(),
         TOKEN_KEY_FIELD,
     )];
     if let Some(pg) = &spec.database.postgres {
         env.push(secret_env("ATTIC_SERVER_DATABASE_URL", &pg.name, &pg.key));
     }
-    if let Some(creds) = spec
+    let creds = spec
         .storage
         .s3
         .as_ref()
-        .and_then(|s| s.credentials_secret_ref.as_ref())
-    {
-        env.push(secret_env(
-            "AWS_ACCESS_KEY_ID",
-            &creds.name,
-            "AWS_ACCESS_KEY_ID",
-        ));
-        env.push(secret_env(
-            "AWS_SECRET_ACCESS_KEY",
-            &creds.name,
-            "AWS_SECRET_ACCESS_KEY",
-        ));
+        .and_then(|s| s.credentials_secret_ref.as_ref());
+    if let Some(creds) = creds {
+        for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            env.push(secret_env(var, &creds.name, var));
+        }
     }
+    env
+}
 
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn mounts_and_volumes(v: &Validated) -> (Vec<VolumeMount>, Vec<Volume>) {
+    let names = v.names();
     let mut mounts = vec![
-        json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}),
-        json!({"name": "cache-keys", "mountPath": CACHE_KEYS_DIR, "readOnly": true}),
-        json!({"name": "tmp", "mountPath": "/tmp"}),
+        mount("config", CONFIG_DIR, true),
+        mount("cache-keys", CACHE_KEYS_DIR, true),
+        mount("tmp", "/tmp", false),
     ];
     let mut volumes = vec![
-        json!({"name": "config", "configMap": {"name": names.config()}}),
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
         // Optional: a BinaryCache without declared caches has no keys yet.
-        json!({"name": "cache-keys", "secret": {"secretName": names.cache_keys(), "defaultMode": 0o440, "optional": true}}),
-        json!({"name": "tmp", "emptyDir": {}}),
+        Volume {
+            name: "cache-keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.cache_keys()),
+                default_mode: Some(0o440),
+                optional: Some(true),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
     ];
-    if needs_volume(bc) {
-        mounts.push(json!({"name": "data", "mountPath": DATA_DIR}));
-        volumes.push(json!({"name": "data", "persistentVolumeClaim": {"claimName": names.data()}}));
+    if v.needs_volume() {
+        mounts.push(mount("data", DATA_DIR, false));
+        volumes.push(Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: names.data(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
     }
+    (mounts, volumes)
+}
 
-    let probe = |path: &str, period: i32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": 3});
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn quantities(m: &BTreeMap<String, String>) -> BTreeMap<String, Quantity> {
+    m.iter()
+        .map(|(k, q)| (k.clone(), Quantity(q.clone())))
+        .collect()
+}
+
+/// The garretd container: non-root, read-only root filesystem, no capabilities; probes on
+/// `/healthz` (process alive) and `/readyz` (database reachable).
+fn container(v: &Validated, mounts: Vec<VolumeMount>) -> Container {
+    let resources = &v.spec.resources;
+    Container {
+        name: "garretd".into(),
+        image: Some(v.spec.image.clone()),
+        args: Some(
+            [
+                "--config",
+                &format!("{CONFIG_DIR}/server.toml"),
+                "--log-format",
+                "json",
+                "serve",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env(v)),
+        volume_mounts: Some(mounts),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&resources.requests)),
+            limits: Some(quantities(&resources.limits)),
+            ..ResourceRequirements::default()
+        }),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        security_context: Some(SecurityContext {
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// The garretd Deployment; the pod template carries the restart hash of the config.
+pub fn deployment(v: &Validated) -> Deployment {
+    let labels = v.labels();
+    let (mounts, volumes) = mounts_and_volumes(v);
     // A ReadWriteOnce volume cannot be attached to the old and new pod at once.
-    let strategy = if needs_volume(bc) {
+    let strategy = if v.needs_volume() {
         "Recreate"
     } else {
         "RollingUpdate"
     };
-
-    typed(
-        "Deployment",
-        json!({
-            "metadata": child_meta(bc, names.workload(), true)?,
-            "spec": {
-                "replicas": spec.replicas,
-                "selector": {"matchLabels": labels},
-                "strategy": {"type": strategy},
-                "template": {
-                    "metadata": {
-                        "labels": labels,
-                        "annotations": {"garret.dev/restart-hash": restart_hash(bc)?}
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "securityContext": {
-                            "runAsNonRoot": true,
-                            "runAsUser": RUN_AS,
-                            "runAsGroup": RUN_AS,
-                            "fsGroup": RUN_AS,
-                            "seccompProfile": {"type": "RuntimeDefault"}
-                        },
-                        "containers": [{
-                            "name": "garretd",
-                            "image": spec.image,
-                            "args": ["--config", format!("{CONFIG_DIR}/server.toml"), "--log-format", "json", "serve"],
-                            "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-                            "env": env,
-                            "volumeMounts": mounts,
-                            "resources": {"requests": spec.resources.requests, "limits": spec.resources.limits},
-                            "livenessProbe": probe("/healthz", 10),
-                            "readinessProbe": probe("/readyz", 5),
-                            "securityContext": {
-                                "readOnlyRootFilesystem": true,
-                                "allowPrivilegeEscalation": false,
-                                "capabilities": {"drop": ["ALL"]}
-                            }
-                        }],
-                        "volumes": volumes
-                    }
-                }
-            }
+    let pod = PodSpec {
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
         }),
-    )
+        containers: vec![container(v, mounts)],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    };
+    Deployment {
+        metadata: v.child_meta(v.names().workload(), true),
+        spec: Some(DeploymentSpec {
+            replicas: Some(v.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some(strategy.into()),
+                ..DeploymentStrategy::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        "garret.dev/restart-hash".to_string(),
+                        restart_hash(v),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
 }
 
 /// ClusterIP Service on port 80.
-pub fn service(bc: &BinaryCache) -> Result<Service> {
-    typed(
-        "Service",
-        json!({
-            "metadata": child_meta(bc, Names(&name_of(bc)).workload(), true)?,
-            "spec": {
-                "selector": labels(bc),
-                "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
-            }
+pub fn service(v: &Validated) -> Service {
+    Service {
+        metadata: v.child_meta(v.names().workload(), true),
+        spec: Some(ServiceSpec {
+            selector: Some(v.labels()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
         }),
-    )
+        ..Service::default()
+    }
 }
 
 /// The data volume, or `None` when S3 and PostgreSQL make it unnecessary.
-pub fn data_pvc(bc: &BinaryCache) -> Result<Option<PersistentVolumeClaim>> {
-    if !needs_volume(bc) {
-        return Ok(None);
+pub fn data_pvc(v: &Validated) -> Option<PersistentVolumeClaim> {
+    if !v.needs_volume() {
+        return None;
     }
-    let vol = &bc.spec.storage.volume;
-    let mut spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": vol.size}}
-    });
-    if let Some(class) = &vol.storage_class_name {
-        spec["storageClassName"] = json!(class);
-    }
-    typed(
-        "PersistentVolumeClaim",
-        json!({"metadata": child_meta(bc, Names(&name_of(bc)).data(), false)?, "spec": spec}),
-    )
-    .map(Some)
+    let vol = &v.spec.storage.volume;
+    Some(PersistentVolumeClaim {
+        metadata: v.child_meta(v.names().data(), false),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(vol.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: vol.storage_class_name.clone(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::*;
+    use crate::desired::fixtures::*;
 
     fn env_names(d: &Deployment) -> Vec<String> {
         let c = &d
@@ -193,7 +305,7 @@ mod tests {
 
     #[test]
     fn minimal_deployment_is_locked_down_with_volume() {
-        let d = deployment(&binary_cache(MINIMAL)).expect("deployment");
+        let d = deployment(&validated(MINIMAL));
         let spec = d.spec.clone().expect("spec");
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(
@@ -233,13 +345,13 @@ mod tests {
             .map(|v| v.name)
             .collect();
         assert_eq!(vols, vec!["config", "cache-keys", "tmp", "data"]);
-        assert!(data_pvc(&binary_cache(MINIMAL)).expect("pvc").is_some());
+        assert!(data_pvc(&validated(MINIMAL)).is_some());
     }
 
     #[test]
     fn s3_and_postgres_need_no_volume_and_wire_secrets() {
-        let bc = binary_cache(FULL);
-        let d = deployment(&bc).expect("deployment");
+        let bc = validated(FULL);
+        let d = deployment(&bc);
         assert_eq!(
             env_names(&d),
             vec![
@@ -263,14 +375,14 @@ mod tests {
             .and_then(|r| r.requests)
             .expect("requests");
         assert_eq!(requests.get("cpu").map(|q| q.0.as_str()), Some("500m"));
-        assert!(data_pvc(&bc).expect("pvc").is_none());
+        assert!(data_pvc(&bc).is_none());
     }
 
     #[test]
     fn service_selects_the_pods() {
-        let bc = binary_cache(MINIMAL);
-        let svc = service(&bc).expect("service");
-        let d = deployment(&bc).expect("deployment");
+        let bc = validated(MINIMAL);
+        let svc = service(&bc);
+        let d = deployment(&bc);
         assert_eq!(
             svc.spec.and_then(|s| s.selector),
             d.spec.and_then(|s| s.selector.match_labels)

@@ -1,22 +1,17 @@
-//! CacheToken issuance policy, pure: what to mint, and whether the token in the Secret is
-//! still good or must be (re)issued now. Checks run in order and the first hit wins, so the
-//! reported reason is the most fundamental one (cert-manager's trigger policy chain).
+//! CacheToken renewal policy, pure: the spec's timing, the `make-token` request, and whether
+//! the token in the Secret is still good or must be (re)issued now. Checks run in order and
+//! the first hit wins, so the reported reason is the most fundamental one (cert-manager's
+//! trigger policy chain).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use garret_core::token::{Claims, MakeToken, Rejection, Verifier};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::ByteString;
-use sha2::{Digest, Sha256};
 
+use super::secret::{stored_spec_hash, stored_token};
+use super::Validated;
+use crate::error::InvalidSpec;
 use crate::types::CacheTokenSpec;
-use crate::{Error, Result};
-
-/// Secret key holding the JWT.
-pub const TOKEN_FIELD: &str = "token";
-/// Annotation on the token Secret: hash of the spec the token was minted from.
-pub const SPEC_HASH_ANNOTATION: &str = "garret.dev/spec-hash";
 
 /// Why a new token must be issued.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,17 +55,17 @@ pub struct Timing {
     pub renew_before: Option<Duration>,
 }
 
-/// Validate the spec's durations: `renewBefore` must leave part of the lifetime.
-pub fn timing(spec: &CacheTokenSpec) -> Result<Timing> {
+/// Parse the spec's durations: `renewBefore` must leave part of the lifetime.
+pub fn timing(spec: &CacheTokenSpec) -> Result<Timing, InvalidSpec> {
     let validity = garret_core::token::parse_validity(&spec.validity)
-        .map_err(|e| Error::InvalidSpec(format!("validity: {e}")))?;
+        .map_err(|e| InvalidSpec(format!("validity: {e}")))?;
     let renew_before = match &spec.renew_before {
         None => None,
         Some(text) => {
             let d = garret_core::duration::parse_duration(text)
-                .map_err(|e| Error::InvalidSpec(format!("renewBefore: {e}")))?;
+                .map_err(|e| InvalidSpec(format!("renewBefore: {e}")))?;
             if d >= validity {
-                return Err(Error::InvalidSpec(format!(
+                return Err(InvalidSpec(format!(
                     "renewBefore ({text}) must be shorter than validity ({})",
                     spec.validity
                 )));
@@ -97,12 +92,11 @@ pub fn renewal_time(nbf: i64, exp: i64, renew_before: Option<Duration>) -> i64 {
 }
 
 /// The `make-token` request for this spec (subject, lifetime, permission patterns).
-pub fn make_token(spec: &CacheTokenSpec) -> Result<MakeToken> {
-    let t = timing(spec)?;
+pub fn make_token(spec: &CacheTokenSpec, timing: &Timing) -> Result<MakeToken, InvalidSpec> {
     let p = &spec.permissions;
     let request = MakeToken {
         sub: spec.subject.clone(),
-        validity: t.validity,
+        validity: timing.validity,
         pull: p.pull.clone(),
         push: p.push.clone(),
         delete: p.delete.clone(),
@@ -116,138 +110,57 @@ pub fn make_token(spec: &CacheTokenSpec) -> Result<MakeToken> {
     // Fail on bad patterns now, as a spec error, instead of at mint time.
     request
         .claims(0, String::new())
-        .map_err(|e| Error::InvalidSpec(format!("permissions: {e}")))?;
+        .map_err(|e| InvalidSpec(format!("permissions: {e}")))?;
     Ok(request)
-}
-
-/// Hash of everything in the spec that shapes the token; stored on the Secret so a spec
-/// change is noticed even if status is lost.
-pub fn spec_hash(spec: &CacheTokenSpec) -> String {
-    let canonical = serde_json::json!({
-        "binaryCacheRef": spec.binary_cache_ref,
-        "subject": spec.subject,
-        "validity": spec.validity,
-        "renewBefore": spec.renew_before,
-        "permissions": spec.permissions,
-    });
-    hex::encode(&Sha256::digest(canonical.to_string().as_bytes())[..16])
 }
 
 /// Should the token in `secret` be replaced now? `verifier` holds the BinaryCache's current
 /// key; `now` is Unix seconds.
-pub fn decide(
-    spec: &CacheTokenSpec,
-    secret: Option<&Secret>,
-    verifier: &Verifier,
-    now: i64,
-) -> Result<Decision> {
-    let timing = timing(spec)?;
+pub fn decide(v: &Validated, secret: Option<&Secret>, verifier: &Verifier, now: i64) -> Decision {
     let Some(secret) = secret else {
-        return Ok(Decision::Issue(Reason::SecretMissing));
+        return Decision::Issue(Reason::SecretMissing);
     };
-    let token = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(TOKEN_FIELD))
-        .and_then(|b| std::str::from_utf8(&b.0).ok());
-    let Some(token) = token else {
-        return Ok(Decision::Issue(Reason::SecretInvalid(
-            "no token in the Secret".into(),
-        )));
+    let Some(token) = stored_token(secret) else {
+        return Decision::Issue(Reason::SecretInvalid("no token in the Secret".into()));
     };
     let claims = match verifier.verify(token.trim(), now) {
         Ok(c) => c,
-        Err(Rejection::Expired) => return Ok(Decision::Issue(Reason::Expired)),
-        Err(r) => return Ok(Decision::Issue(Reason::SecretInvalid(r.to_string()))),
+        Err(Rejection::Expired) => return Decision::Issue(Reason::Expired),
+        Err(r) => return Decision::Issue(Reason::SecretInvalid(r.to_string())),
     };
-    let stored_hash = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SPEC_HASH_ANNOTATION));
-    if stored_hash != Some(&spec_hash(spec)) {
-        return Ok(Decision::Issue(Reason::SpecChanged));
+    if stored_spec_hash(secret) != Some(&v.spec_hash) {
+        return Decision::Issue(Reason::SpecChanged);
     }
     let (Some(nbf), Some(exp)) = (claims.nbf, claims.exp) else {
-        return Ok(Decision::Issue(Reason::SecretInvalid(
-            "token has no nbf/exp".into(),
-        )));
+        return Decision::Issue(Reason::SecretInvalid("token has no nbf/exp".into()));
     };
-    let renew_at = renewal_time(nbf, exp, timing.renew_before);
+    let renew_at = renewal_time(nbf, exp, v.timing.renew_before);
     if now >= renew_at {
-        return Ok(Decision::Issue(Reason::RenewalDue));
+        return Decision::Issue(Reason::RenewalDue);
     }
-    Ok(Decision::Keep {
+    Decision::Keep {
         claims: Box::new(claims),
         renew_at,
-    })
-}
-
-/// The data of the token Secret: the JWT, the server URL, and a netrc line (Nix reads private
-/// caches with the token as the netrc password).
-pub fn secret_data(token: &str, endpoint: &str) -> BTreeMap<String, ByteString> {
-    let netrc = format!("machine {} password {token}\n", host_of(endpoint));
-    BTreeMap::from([
-        (
-            TOKEN_FIELD.to_string(),
-            ByteString(token.as_bytes().to_vec()),
-        ),
-        (
-            "endpoint".to_string(),
-            ByteString(endpoint.as_bytes().to_vec()),
-        ),
-        ("netrc".to_string(), ByteString(netrc.into_bytes())),
-    ])
-}
-
-/// The host of a URL such as `https://cache.example.org:8443/`, without port or path.
-pub fn host_of(endpoint: &str) -> &str {
-    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.split(':').next().unwrap_or(authority)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{BinaryCacheRef, TokenPermissions};
-    use garret_core::token::{SigningKey, TokenKeys};
+    use crate::token::secret::{secret_data, spec_hash, SPEC_HASH_ANNOTATION};
+    use crate::token::tests::{key, spec, validated};
+    use garret_core::token::TokenKeys;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use std::sync::OnceLock;
+    use std::collections::BTreeMap;
 
     const NOW: i64 = 1_800_000_000;
-
-    fn key() -> &'static SigningKey {
-        static KEY: OnceLock<SigningKey> = OnceLock::new();
-        KEY.get_or_init(|| garret_core::token::generate_rs256(2048).expect("rsa").0)
-    }
 
     fn verifier() -> Verifier {
         Verifier::from_keys(TokenKeys::new(key()).expect("keys"), None, None)
     }
 
-    fn spec() -> CacheTokenSpec {
-        CacheTokenSpec {
-            binary_cache_ref: BinaryCacheRef {
-                name: "main".into(),
-            },
-            subject: "ci".into(),
-            validity: "3h".into(),
-            renew_before: None,
-            permissions: TokenPermissions {
-                pull: vec!["team-*".into()],
-                push: vec!["team-ci".into()],
-                ..TokenPermissions::default()
-            },
-            secret_name: "ci-token".into(),
-        }
-    }
-
     fn issued(spec: &CacheTokenSpec, at: i64) -> Secret {
-        let token = make_token(spec)
-            .expect("request")
-            .mint(key(), at)
-            .expect("mint");
+        let token = validated(spec).request.mint(key(), at).expect("mint");
         Secret {
             metadata: ObjectMeta {
                 annotations: Some(BTreeMap::from([(
@@ -291,7 +204,11 @@ mod tests {
     fn bad_patterns_are_spec_errors() {
         let mut s = spec();
         s.permissions.pull = vec!["no spaces allowed".into()];
-        assert!(matches!(make_token(&s), Err(Error::InvalidSpec(_))));
+        let t = timing(&s).expect("timing");
+        assert!(make_token(&s, &t)
+            .expect_err("bad pattern")
+            .0
+            .starts_with("permissions:"));
     }
 
     #[test]
@@ -299,12 +216,12 @@ mod tests {
         let s = spec();
         let v = verifier();
         assert_eq!(
-            decide(&s, None, &v, NOW).expect("decide"),
+            decide(&validated(&s), None, &v, NOW),
             Decision::Issue(Reason::SecretMissing)
         );
 
         let fresh = issued(&s, NOW);
-        match decide(&s, Some(&fresh), &v, NOW + 60).expect("decide") {
+        match decide(&validated(&s), Some(&fresh), &v, NOW + 60) {
             Decision::Keep { claims, renew_at } => {
                 assert_eq!(renew_at, NOW + 2 * 3600);
                 assert_eq!(claims.sub.as_deref(), Some("ci"));
@@ -315,62 +232,38 @@ mod tests {
             other => panic!("expected Keep, got {other:?}"),
         }
         assert_eq!(
-            decide(&s, Some(&fresh), &v, NOW + 2 * 3600).expect("decide"),
+            decide(&validated(&s), Some(&fresh), &v, NOW + 2 * 3600),
             Decision::Issue(Reason::RenewalDue)
         );
         assert_eq!(
-            decide(&s, Some(&fresh), &v, NOW + 3 * 3600 + 1).expect("decide"),
+            decide(&validated(&s), Some(&fresh), &v, NOW + 3 * 3600 + 1),
             Decision::Issue(Reason::Expired)
         );
 
         let mut changed = s.clone();
         changed.permissions.delete = vec!["team-ci".into()];
         assert_eq!(
-            decide(&changed, Some(&fresh), &v, NOW + 60).expect("decide"),
+            decide(&validated(&changed), Some(&fresh), &v, NOW + 60),
             Decision::Issue(Reason::SpecChanged)
         );
 
         let mut corrupt = fresh.clone();
         corrupt.data = Some(secret_data("not.a.jwt", "http://main.ns.svc/"));
         assert!(matches!(
-            decide(&s, Some(&corrupt), &v, NOW).expect("decide"),
+            decide(&validated(&s), Some(&corrupt), &v, NOW),
             Decision::Issue(Reason::SecretInvalid(_))
         ));
         corrupt.data = None;
         assert!(matches!(
-            decide(&s, Some(&corrupt), &v, NOW).expect("decide"),
+            decide(&validated(&s), Some(&corrupt), &v, NOW),
             Decision::Issue(Reason::SecretInvalid(_))
         ));
 
         let other_key = garret_core::token::generate_rs256(2048).expect("rsa").0;
         let other = Verifier::from_keys(TokenKeys::new(&other_key).expect("keys"), None, None);
         assert!(matches!(
-            decide(&s, Some(&fresh), &other, NOW).expect("decide"),
+            decide(&validated(&s), Some(&fresh), &other, NOW),
             Decision::Issue(Reason::SecretInvalid(_))
         ));
-    }
-
-    #[test]
-    fn secret_carries_netrc_for_the_host() {
-        let data = secret_data("T", "https://cache.example.org:8443/x");
-        assert_eq!(
-            data["netrc"].0,
-            b"machine cache.example.org password T\n".to_vec()
-        );
-        assert_eq!(
-            data["endpoint"].0,
-            b"https://cache.example.org:8443/x".to_vec()
-        );
-        assert_eq!(host_of("http://main.ns.svc/"), "main.ns.svc");
-    }
-
-    #[test]
-    fn spec_hash_ignores_secret_name_only() {
-        let a = spec();
-        let mut b = a.clone();
-        b.secret_name = "other".into();
-        assert_eq!(spec_hash(&a), spec_hash(&b));
-        b.subject = "someone".into();
-        assert_ne!(spec_hash(&a), spec_hash(&b));
     }
 }
