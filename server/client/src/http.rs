@@ -1,9 +1,11 @@
 //! Attic API calls. Server errors come back as `{code, error, message}` JSON and are shown by
-//! their message; anything else (proxies, framework rejections) as `HTTP <status>: <text>`.
+//! their message; anything else (proxies, framework rejections) as `HTTP <status> from <url>`
+//! with the page's title or text, and a 413 as the body limit it is. `https://` endpoints use
+//! rustls with the CAs of [`crate::tls::Trust`].
 
 use std::fmt;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use reqwest::{header, Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -27,8 +29,12 @@ pub enum ApiError {
         error: String,
         message: String,
     },
-    /// A non-JSON error body.
-    Plain { status: StatusCode, text: String },
+    /// A non-JSON error body (often a proxy's HTML page).
+    Plain {
+        status: StatusCode,
+        url: Url,
+        text: String,
+    },
 }
 
 impl ApiError {
@@ -56,12 +62,74 @@ impl fmt::Display for ApiError {
                 }
                 Ok(())
             }
-            ApiError::Plain { status, text } => write!(f, "HTTP {status}: {}", text.trim()),
+            ApiError::Plain { status, url, text } => {
+                let detail = plain_detail(text);
+                if *status == StatusCode::PAYLOAD_TOO_LARGE {
+                    let what = if detail.is_empty() {
+                        status.to_string()
+                    } else {
+                        detail
+                    };
+                    return write!(
+                        f,
+                        "the server or a proxy in front of it refused the upload to {url} as too \
+                         large (HTTP {what}); raise its body limit, e.g. nginx's \
+                         client_max_body_size (0 = unlimited) or the Ingress annotation \
+                         nginx.ingress.kubernetes.io/proxy-body-size"
+                    );
+                }
+                write!(f, "HTTP {status} from {url}")?;
+                if detail.is_empty() {
+                    write!(f, " (empty answer)")
+                } else {
+                    write!(f, ": {detail}")
+                }
+            }
         }
     }
 }
 
 impl std::error::Error for ApiError {}
+
+/// The gist of a non-JSON error body: an HTML page's `<title>`, else the trimmed text, cut
+/// to a few hundred characters.
+fn plain_detail(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let title = lower.find("<title>").and_then(|start| {
+        let start = start + "<title>".len();
+        let len = lower[start..].find("</title>")?;
+        text.get(start..start + len)
+    });
+    let detail = title.unwrap_or(text).trim();
+    match detail.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &detail[..cut]),
+        None => detail.to_string(),
+    }
+}
+
+/// Checks and normalises a server endpoint: an `http://` or `https://` URL with a host, no
+/// query or fragment, whose path ends in exactly one `/` (so joins keep its last segment).
+pub fn parse_endpoint(endpoint: &str) -> Result<Url> {
+    let text = endpoint.trim();
+    let mut url = Url::parse(text).with_context(|| {
+        format!("invalid endpoint URL {endpoint:?}: expected e.g. https://cache.example.com/")
+    })?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        bail!(
+            "invalid endpoint URL {endpoint:?}: the scheme must be http:// or https://, not {}:",
+            url.scheme()
+        );
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("invalid endpoint URL {endpoint:?}: no host");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("invalid endpoint URL {endpoint:?}: no query or fragment allowed");
+    }
+    let path = format!("{}/", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
 
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -76,26 +144,25 @@ pub struct ApiClient {
     http: reqwest::Client,
     endpoint: Url,
     token: Option<String>,
+    trust: crate::tls::Trust,
 }
 
 impl ApiClient {
     pub fn new(endpoint: &str, token: Option<String>) -> Result<ApiClient> {
-        // A base without a trailing slash would lose its last segment on join.
-        let mut ep = endpoint.trim().to_string();
-        if !ep.ends_with('/') {
-            ep.push('/');
-        }
-        let endpoint =
-            Url::parse(&ep).with_context(|| format!("invalid server URL {endpoint:?}"))?;
-        let http = reqwest::Client::builder()
+        let endpoint = parse_endpoint(endpoint)?;
+        let trust = crate::tls::Trust::from_env();
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("garret/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(30))
+            .connect_timeout(std::time::Duration::from_secs(30));
+        let http = trust
+            .apply(builder)?
             .build()
             .context("building the HTTP client")?;
         Ok(ApiClient {
             http,
             endpoint,
             token,
+            trust,
         })
     }
 
@@ -105,9 +172,11 @@ impl ApiClient {
 
     /// The same credentials against another base URL (the cache's advertised `api_endpoint`).
     pub fn rebased(&self, endpoint: &str) -> Result<ApiClient> {
-        let mut c = ApiClient::new(endpoint, self.token.clone())?;
-        c.http = self.http.clone();
-        Ok(c)
+        Ok(ApiClient {
+            endpoint: parse_endpoint(endpoint)
+                .context("the server advertises an unusable api_endpoint")?,
+            ..self.clone()
+        })
     }
 
     fn request(&self, method: Method, path: &str) -> Result<reqwest::RequestBuilder> {
@@ -124,14 +193,27 @@ impl ApiClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.endpoint))?;
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.transport_error(e)),
+        };
         if resp.status().is_success() {
             return Ok(resp);
         }
         Err(error_from(resp).await.into())
+    }
+
+    /// A request that got no HTTP answer. A TLS failure becomes a [`crate::tls::TlsError`]
+    /// saying what to fix (and is not retried); anything else keeps the reqwest error.
+    fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
+        if let Some(t) = crate::tls::failure(&e) {
+            return crate::tls::TlsError {
+                endpoint: self.endpoint.to_string(),
+                message: crate::tls::explain(t, &self.trust),
+            }
+            .into();
+        }
+        anyhow::Error::new(e).context(format!("cannot reach {}", self.endpoint))
     }
 
     async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
@@ -227,6 +309,7 @@ impl ApiClient {
 
 async fn error_from(resp: reqwest::Response) -> ApiError {
     let status = resp.status();
+    let url = resp.url().clone();
     let text = resp.text().await.unwrap_or_default();
     match serde_json::from_str::<ErrorBody>(&text) {
         Ok(b) => ApiError::Structured {
@@ -234,6 +317,69 @@ async fn error_from(resp: reqwest::Response) -> ApiError {
             error: b.error,
             message: b.message,
         },
-        Err(_) => ApiError::Plain { status, text },
+        Err(_) => ApiError::Plain { status, url, text },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_http_or_https_with_one_trailing_slash() {
+        for (given, want) in [
+            ("http://h:8080", "http://h:8080/"),
+            ("http://host//", "http://host/"),
+            (" https://c.example/sub/// ", "https://c.example/sub/"),
+            ("HTTPS://C.example", "https://c.example/"),
+        ] {
+            assert_eq!(parse_endpoint(given).unwrap().as_str(), want, "{given}");
+        }
+        for (given, needle) in [
+            ("ftp://h/", "must be http:// or https://, not ftp:"),
+            ("localhost:8080", "must be http:// or https://"),
+            ("cache.example.com", "expected e.g. https://"),
+            ("http://h/?x=1", "no query"),
+        ] {
+            let e = format!("{:#}", parse_endpoint(given).unwrap_err());
+            assert!(e.contains(needle), "{given}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_413_names_the_body_limit_and_other_pages_their_title() {
+        let url = Url::parse("https://c.example/_api/v1/upload-path").unwrap();
+        let nginx = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n";
+        let e = ApiError::Plain {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            url: url.clone(),
+            text: nginx.into(),
+        }
+        .to_string();
+        assert!(
+            e.contains("refused the upload to https://c.example/_api/v1/upload-path as too large (HTTP 413 Request Entity Too Large)"),
+            "{e}"
+        );
+        assert!(e.contains("client_max_body_size"), "{e}");
+        let e = ApiError::Plain {
+            status: StatusCode::BAD_GATEWAY,
+            url: url.clone(),
+            text: "<html><head><title>502 Bad Gateway</title></head></html>".into(),
+        }
+        .to_string();
+        assert_eq!(
+            e,
+            "HTTP 502 Bad Gateway from https://c.example/_api/v1/upload-path: 502 Bad Gateway"
+        );
+        let e = ApiError::Plain {
+            status: StatusCode::NOT_FOUND,
+            url,
+            text: String::new(),
+        }
+        .to_string();
+        assert!(
+            e.ends_with("from https://c.example/_api/v1/upload-path (empty answer)"),
+            "{e}"
+        );
     }
 }

@@ -10,5 +10,6 @@ pub mod local_nix;
 pub mod nix_conf;
 pub mod progress;
 pub mod push;
+pub mod tls;
 
 pub use commands::{run, Cli};

@@ -11,7 +11,8 @@ use crate::config::Config;
 pub struct Args {
     /// Name for the server, used as SERVER in SERVER:CACHE.
     pub name: String,
-    /// API endpoint, e.g. https://cache.example.com/
+    /// API endpoint: an http:// or https:// URL, e.g. https://cache.example.com/. For a
+    /// private CA set NIX_SSL_CERT_FILE or SSL_CERT_FILE to its PEM file.
     pub endpoint: String,
     /// Token (JWT); prefer GARRET_TOKEN in CI to keep it out of shell history.
     pub token: Option<String>,
@@ -27,11 +28,11 @@ pub fn run(a: Args) -> Result<()> {
             a.name
         )
     })?;
-    reqwest::Url::parse(&a.endpoint)
-        .map_err(|e| anyhow::anyhow!("invalid endpoint URL {:?}: {e}", a.endpoint))?;
+    // Only http(s), stored with exactly one trailing slash (`http://host//` would 404).
+    let endpoint = crate::http::parse_endpoint(&a.endpoint)?;
     let path = crate::config::config_path()?;
     let mut config = Config::load_from(&path)?;
-    config.login(&a.name, &a.endpoint, a.token, a.set_default);
+    config.login(&a.name, endpoint.as_str(), a.token, a.set_default);
     config.save_to(&path)?;
     eprintln!("Configured server {:?} in {}", a.name, path.display());
     Ok(())
