@@ -145,24 +145,37 @@ pub struct ApiClient {
     endpoint: Url,
     token: Option<String>,
     trust: crate::tls::Trust,
+    /// Why the CA file could not be loaded, when that was forgiven for an http:// endpoint.
+    trust_problem: Option<String>,
 }
 
 impl ApiClient {
     pub fn new(endpoint: &str, token: Option<String>) -> Result<ApiClient> {
         let endpoint = parse_endpoint(endpoint)?;
         let trust = crate::tls::Trust::from_env();
-        let builder = reqwest::Client::builder()
-            .user_agent(concat!("garret/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(30));
-        let http = trust
-            .apply(builder)?
-            .build()
-            .context("building the HTTP client")?;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("garret/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(std::time::Duration::from_secs(30))
+        };
+        // A CA file that cannot be read only matters for https (as in Nix): an http://
+        // endpoint still works, trusting no CA at all should a redirect lead to https.
+        let mut trust_problem = None;
+        let builder = match trust.apply(builder()) {
+            Ok(b) => b,
+            Err(e) if endpoint.scheme() == "http" => {
+                trust_problem = Some(format!("{e:#}"));
+                builder().tls_built_in_root_certs(false)
+            }
+            Err(e) => return Err(e),
+        };
+        let http = builder.build().context("building the HTTP client")?;
         Ok(ApiClient {
             http,
             endpoint,
             token,
             trust,
+            trust_problem,
         })
     }
 
@@ -172,9 +185,13 @@ impl ApiClient {
 
     /// The same credentials against another base URL (the cache's advertised `api_endpoint`).
     pub fn rebased(&self, endpoint: &str) -> Result<ApiClient> {
+        let endpoint =
+            parse_endpoint(endpoint).context("the server advertises an unusable api_endpoint")?;
+        if let (Some(problem), "https") = (&self.trust_problem, endpoint.scheme()) {
+            bail!("the server's API is at {endpoint}, but {problem}");
+        }
         Ok(ApiClient {
-            endpoint: parse_endpoint(endpoint)
-                .context("the server advertises an unusable api_endpoint")?,
+            endpoint,
             ..self.clone()
         })
     }
@@ -207,9 +224,13 @@ impl ApiClient {
     /// saying what to fix (and is not retried); anything else keeps the reqwest error.
     fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
         if let Some(t) = crate::tls::failure(&e) {
+            let mut message = crate::tls::explain(t, &self.trust);
+            if let Some(problem) = &self.trust_problem {
+                message.push_str(&format!(" ({problem})"));
+            }
             return crate::tls::TlsError {
                 endpoint: self.endpoint.to_string(),
-                message: crate::tls::explain(t, &self.trust),
+                message,
             }
             .into();
         }

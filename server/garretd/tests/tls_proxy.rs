@@ -348,6 +348,13 @@ async fn untrusted_ca_and_plain_http_to_the_tls_port_give_clear_errors() {
         "{err}"
     );
     assert!(err.contains("no-such-ca.pem"), "{err}");
+    // ... but only matters for https, as in Nix: plain http to garretd itself still works
+    env.garret_ok(&["login", "direct", &env.g.url, &admin]);
+    let out = env.garret_env(
+        &["cache", "info", "direct:c1"],
+        &[("SSL_CERT_FILE", &missing)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // plain http:// to the TLS port: nginx's 400 page, named
     let plain = https.replacen("https://", "http://", 1);
