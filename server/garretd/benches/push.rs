@@ -92,13 +92,7 @@ fn main() {
     std::fs::write(root.join("bench.nix"), BENCH_NIX).expect("bench.nix");
     let store = root.join("A");
     let store = store.to_str().expect("utf8");
-    let nonce = format!(
-        "{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos()
-    );
+    let nonce = common::nix::nonce();
 
     let t = Instant::now();
     let mut build = nix_cmd(root, "nix-build");

@@ -7,6 +7,9 @@
 //!   cargo bench -p garretd --bench throughput   # GARRET_BENCH_NAR_MIB, _RSS_MIB, _SECS, _REPEAT scale it;
 //!                                              # GARRET_BENCH_DIR picks the data directory's disk
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,40 +140,12 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-/// Deterministic incompressible bytes, generated piece by piece.
-struct Noise(u64);
-impl Noise {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-    }
-}
-
-/// The NAR of a single regular file of `size` noise bytes, as a stream of 1 MiB pieces.
+/// The NAR of a single regular file of `size` noise bytes (the test harness's
+/// `nar_of_file(&noise(seed, size))`), as a stream of 1 MiB pieces.
 fn nar_pieces(seed: u64, size: usize) -> impl Iterator<Item = Bytes> {
-    let mut head = Vec::new();
-    for t in [
-        &b"nix-archive-1"[..],
-        b"(",
-        b"type",
-        b"regular",
-        b"contents",
-    ] {
-        push_str(&mut head, t);
-    }
-    head.extend_from_slice(&(size as u64).to_le_bytes());
-    let mut tail = vec![0u8; (8 - size % 8) % 8];
-    push_str(&mut tail, b")");
-    // an odd state for xorshift, distinct for every seed
-    let mut noise = Noise(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut noise = common::Noise::new(seed);
     let mut left = size;
-    std::iter::once(Bytes::from(head))
+    std::iter::once(Bytes::from(common::nar_file_head(size)))
         .chain(std::iter::from_fn(move || {
             if left == 0 {
                 return None;
@@ -181,13 +156,7 @@ fn nar_pieces(seed: u64, size: usize) -> impl Iterator<Item = Bytes> {
             noise.fill(&mut buf);
             Some(Bytes::from(buf))
         }))
-        .chain(std::iter::once(Bytes::from(tail)))
-}
-
-fn push_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s);
-    out.extend(std::iter::repeat_n(0u8, (8 - s.len() % 8) % 8));
+        .chain(std::iter::once(Bytes::from(common::nar_file_tail(size))))
 }
 
 fn nar_digest(seed: u64, size: usize) -> (String, u64) {

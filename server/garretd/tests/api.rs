@@ -8,10 +8,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::time::Duration;
 
-async fn json(resp: reqwest::Response) -> Value {
-    resp.json().await.expect("JSON body")
-}
-
 async fn expect_error(resp: reqwest::Response, status: StatusCode, name: &str) -> String {
     assert_eq!(resp.status(), status);
     let body = json(resp).await;
@@ -55,13 +51,7 @@ async fn cache_lifecycle() {
     );
 
     // attic-cache-info is the same document
-    let alias = json(
-        api.req(Method::GET, "team/attic-cache-info", Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let alias = json(api.get("team/attic-cache-info", Some(&admin)).await).await;
     assert_eq!(alias, cfg);
 
     let r = api
@@ -73,11 +63,7 @@ async fn cache_lifecycle() {
     assert_eq!(cfg["priority"], 30);
     assert_eq!(cfg["retention_period"]["Period"], 3600);
 
-    let info = api
-        .req(Method::GET, "team/nix-cache-info", None)
-        .send()
-        .await
-        .unwrap();
+    let info = api.get("team/nix-cache-info", None).await;
     assert_eq!(info.headers()["content-type"], "text/x-nix-cache-info");
     assert_eq!(info.headers()["x-attic-cache-visibility"], "public");
     let text = info.text().await.unwrap();
@@ -102,224 +88,230 @@ async fn cache_lifecycle() {
     expect_error(r, StatusCode::BAD_REQUEST, "RequestError").await;
 
     let r = api
-        .req(Method::DELETE, "_api/v1/cache-config/team", Some(&admin))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "_api/v1/cache-config/team", Some(&admin))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
-    let r = api
-        .req(Method::GET, "_api/v1/cache-config/team", Some(&admin))
-        .send()
-        .await
-        .unwrap();
+    let r = api.get("_api/v1/cache-config/team", Some(&admin)).await;
     expect_error(r, StatusCode::NOT_FOUND, "NoSuchCache").await;
     let r = api
-        .req(Method::DELETE, "_api/v1/cache-config/team", Some(&admin))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "_api/v1/cache-config/team", Some(&admin))
+        .await;
     expect_error(r, StatusCode::NOT_FOUND, "NoSuchCache").await;
 }
 
+/// Two caches, a small NAR (single chunk) and a big one (many chunks) uploaded into `one`,
+/// each with one form of upload info.
+struct Uploaded {
+    _g: Garretd,
+    api: Api,
+    admin: String,
+    small: Vec<u8>,
+    big: Vec<u8>,
+    dep: Value,
+    top: Value,
+    dep_base: String,
+}
+
+impl Uploaded {
+    async fn new() -> Uploaded {
+        let (g, api, admin) = server_with_cache("one", false).await;
+        assert_eq!(
+            api.create_cache(&admin, "two", true).await.status(),
+            StatusCode::OK
+        );
+        let small = nar_of_file(b"hello world\n");
+        let big = nar_of_file(&noise(7, 8 << 20));
+        let dep = upload_info("one", "dep-1.0", &small, &[]);
+        let dep_base = format!("{}-dep-1.0", dep["store_path_hash"].as_str().unwrap());
+        let top = upload_info("one", "top-1.0", &big, std::slice::from_ref(&dep_base));
+
+        let r = json(api.upload(Some(&admin), &dep, small.clone()).await).await;
+        assert_eq!(r["kind"], "Uploaded", "{r}");
+        assert!(r["frac_deduplicated"].is_null());
+        let r = json(api.upload_preamble(Some(&admin), &top, big.clone()).await).await;
+        assert_eq!(r["kind"], "Uploaded", "{r}");
+        assert_eq!(r["frac_deduplicated"], 0.0);
+        assert!(
+            r["file_size"].as_u64().unwrap() > (3 << 20),
+            "noise does not compress"
+        );
+        Uploaded {
+            _g: g,
+            api,
+            admin,
+            small,
+            big,
+            dep,
+            top,
+            dep_base,
+        }
+    }
+
+    fn top_hash(&self) -> &str {
+        self.top["store_path_hash"].as_str().unwrap()
+    }
+}
+
 #[tokio::test]
-async fn upload_serve_and_deduplicate() {
-    let g = Garretd::start();
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "one", false).await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        api.create_cache(&admin, "two", true).await.status(),
-        StatusCode::OK
-    );
-
-    // a small NAR (single chunk) and a big one (many chunks), both forms of upload info
-    let small = nar_of_file(b"hello world\n");
-    let big = nar_of_file(&noise(7, 8 << 20));
-    let dep = upload_info("one", "dep-1.0", &small, &[]);
-    let dep_base = format!("{}-dep-1.0", dep["store_path_hash"].as_str().unwrap());
-    let top = upload_info("one", "top-1.0", &big, std::slice::from_ref(&dep_base));
-
-    let r = json(api.upload(Some(&admin), &dep, small.clone()).await).await;
-    assert_eq!(r["kind"], "Uploaded", "{r}");
-    assert!(r["frac_deduplicated"].is_null());
-    let r = json(api.upload_preamble(Some(&admin), &top, big.clone()).await).await;
-    assert_eq!(r["kind"], "Uploaded", "{r}");
-    assert_eq!(r["frac_deduplicated"], 0.0);
-    assert!(
-        r["file_size"].as_u64().unwrap() > (3 << 20),
-        "noise does not compress"
-    );
-
-    // get-missing-paths
+async fn get_missing_paths_lists_only_what_was_not_uploaded() {
+    let u = Uploaded::new().await;
     let unknown = fake_hash("never-uploaded");
     let missing = json(
-        api.req(Method::POST, "_api/v1/get-missing-paths", Some(&admin))
-            .json(&serde_json::json!({"cache": "one", "store_path_hashes": [dep["store_path_hash"], top["store_path_hash"], unknown]}))
+        u.api
+            .req(Method::POST, "_api/v1/get-missing-paths", Some(&u.admin))
+            .json(&serde_json::json!({"cache": "one", "store_path_hashes": [u.dep["store_path_hash"], u.top["store_path_hash"], unknown]}))
             .send()
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(missing["missing_paths"], serde_json::json!([unknown]));
+}
 
-    // narinfo: fields, and a signature that verifies with the cache's public key
-    let top_hash = top["store_path_hash"].as_str().unwrap();
-    let resp = api
-        .req(
-            Method::GET,
-            &format!("one/{top_hash}.narinfo"),
-            Some(&admin),
-        )
-        .send()
-        .await
-        .unwrap();
+#[tokio::test]
+async fn narinfo_has_the_upload_fields_and_a_signature_that_verifies() {
+    let u = Uploaded::new().await;
+    let top_hash = u.top_hash();
+    let resp = u
+        .api
+        .get(&format!("one/{top_hash}.narinfo"), Some(&u.admin))
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/x-nix-narinfo");
     let text = resp.text().await.unwrap();
     let ni = parse_narinfo(&text);
-    assert_eq!(ni["StorePath"], top["store_path"].as_str().unwrap());
+    assert_eq!(ni["StorePath"], u.top["store_path"].as_str().unwrap());
     assert_eq!(ni["URL"], format!("nar/{top_hash}.nar"));
     assert_eq!(ni["Compression"], "zstd");
-    assert_eq!(ni["NarHash"], top["nar_hash"].as_str().unwrap());
-    assert_eq!(ni["NarSize"], big.len().to_string());
-    assert_eq!(ni["References"], dep_base);
-    let cfg = api.cache_config(Some(&admin), "one").await.1;
+    assert_eq!(ni["NarHash"], u.top["nar_hash"].as_str().unwrap());
+    assert_eq!(ni["NarSize"], u.big.len().to_string());
+    assert_eq!(ni["References"], u.dep_base);
+    let cfg = u.api.cache_config(Some(&u.admin), "one").await.1;
     let pk =
         garret_core::nix::signing::PublicKey::parse(cfg["public_key"].as_str().unwrap()).unwrap();
     let fp = garret_core::nix::signing::fingerprint(
         &ni["StorePath"],
         &garret_core::nix::Sha256Hash::parse_attic(&ni["NarHash"]).unwrap(),
-        big.len() as u64,
-        std::slice::from_ref(&dep_base),
+        u.big.len() as u64,
+        std::slice::from_ref(&u.dep_base),
     )
     .unwrap();
     assert!(
         pk.verify(&fp, &ni["Sig"]),
         "narinfo signature must verify: {text}"
     );
+}
 
-    // the NAR decompresses to exactly what was uploaded
-    let resp = api
-        .req(
-            Method::GET,
-            &format!("one/nar/{top_hash}.nar"),
-            Some(&admin),
-        )
-        .send()
-        .await
-        .unwrap();
+#[tokio::test]
+async fn nar_decompresses_to_the_upload_and_head_answers_without_a_body() {
+    let u = Uploaded::new().await;
+    let top_hash = u.top_hash();
+    let resp = u
+        .api
+        .get(&format!("one/nar/{top_hash}.nar"), Some(&u.admin))
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "application/x-nix-nar");
     let body = resp.bytes().await.unwrap();
-    assert_eq!(zstd::decode_all(&body[..]).unwrap(), big);
+    assert_eq!(zstd::decode_all(&body[..]).unwrap(), u.big);
 
-    // HEAD answers like GET without a body
     for path in [
         format!("one/{top_hash}.narinfo"),
         format!("one/nar/{top_hash}.nar"),
         "one/nix-cache-info".into(),
     ] {
-        let r = api
-            .req(Method::HEAD, &path, Some(&admin))
-            .send()
-            .await
-            .unwrap();
+        let r = u.api.send(Method::HEAD, &path, Some(&u.admin)).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         assert!(r.bytes().await.unwrap().is_empty());
     }
+}
 
-    // the same NAR into another cache deduplicates; a NAR sharing most bytes reuses chunks
-    let again = upload_info("two", "top-1.0", &big, std::slice::from_ref(&dep_base));
-    let r = json(api.upload(Some(&admin), &again, big.clone()).await).await;
+#[tokio::test]
+async fn same_nar_elsewhere_deduplicates_and_a_similar_one_reuses_chunks() {
+    let u = Uploaded::new().await;
+    let again = upload_info("two", "top-1.0", &u.big, std::slice::from_ref(&u.dep_base));
+    let r = json(u.api.upload(Some(&u.admin), &again, u.big.clone()).await).await;
     assert_eq!(r["kind"], "Deduplicated", "{r}");
     let mut edited_file = noise(7, 8 << 20);
     edited_file.extend_from_slice(b"one more line\n");
     let edited = nar_of_file(&edited_file);
     let r = json(
-        api.upload(
-            Some(&admin),
-            &upload_info("two", "top-1.1", &edited, &[]),
-            edited.clone(),
-        )
-        .await,
+        u.api
+            .upload(
+                Some(&u.admin),
+                &upload_info("two", "top-1.1", &edited, &[]),
+                edited.clone(),
+            )
+            .await,
     )
     .await;
     assert_eq!(r["kind"], "Uploaded");
     let frac = r["frac_deduplicated"].as_f64().unwrap();
     assert!(frac > 0.8, "most chunks should be shared, got {frac}");
-    let resp = api
-        .req(
-            Method::GET,
-            &format!("two/nar/{}.nar", fake_hash("top-1.1")),
-            None,
-        )
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        zstd::decode_all(&resp.bytes().await.unwrap()[..]).unwrap(),
+        u.api
+            .nar(&format!("two/nar/{}.nar", fake_hash("top-1.1")), None)
+            .await,
         edited
     );
-
-    // unknown objects
-    let r = api
-        .req(
-            Method::GET,
-            &format!("one/{}.narinfo", fake_hash("nope")),
-            Some(&admin),
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::NOT_FOUND, "NoSuchObject").await;
-    let r = api
-        .req(
-            Method::GET,
-            &format!("one/{}.ls", fake_hash("nope")),
-            Some(&admin),
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::NOT_FOUND, "NotFound").await;
-    let r = api
-        .req(Method::GET, "no/such/route/here", None)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::NOT_FOUND, "NotFound").await;
-
-    // re-uploading a path replaces its metadata
-    let replaced = upload_info("one", "top-1.0", &small, &[]);
-    let r = json(api.upload(Some(&admin), &replaced, small.clone()).await).await;
-    assert_eq!(r["kind"], "Deduplicated");
-    let text = api
-        .req(
-            Method::GET,
-            &format!("one/{top_hash}.narinfo"),
-            Some(&admin),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(parse_narinfo(&text)["NarSize"], small.len().to_string());
 }
 
 #[tokio::test]
-async fn bad_uploads_are_refused_and_store_nothing() {
-    let g = Garretd::start();
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "c", false).await.status(),
-        StatusCode::OK
-    );
+async fn unknown_objects_and_routes_are_not_found() {
+    let u = Uploaded::new().await;
+    let r = u
+        .api
+        .get(
+            &format!("one/{}.narinfo", fake_hash("nope")),
+            Some(&u.admin),
+        )
+        .await;
+    expect_error(r, StatusCode::NOT_FOUND, "NoSuchObject").await;
+    let r = u
+        .api
+        .get(&format!("one/{}.ls", fake_hash("nope")), Some(&u.admin))
+        .await;
+    expect_error(r, StatusCode::NOT_FOUND, "NotFound").await;
+    let r = u.api.get("no/such/route/here", None).await;
+    expect_error(r, StatusCode::NOT_FOUND, "NotFound").await;
+}
+
+#[tokio::test]
+async fn reuploading_a_path_replaces_its_metadata() {
+    let u = Uploaded::new().await;
+    let replaced = upload_info("one", "top-1.0", &u.small, &[]);
+    let r = json(
+        u.api
+            .upload(Some(&u.admin), &replaced, u.small.clone())
+            .await,
+    )
+    .await;
+    assert_eq!(r["kind"], "Deduplicated");
+    let text = u
+        .api
+        .get(&format!("one/{}.narinfo", u.top_hash()), Some(&u.admin))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(parse_narinfo(&text)["NarSize"], u.small.len().to_string());
+}
+
+/// Waits for the background cleanup of refused uploads, then finds nothing stored.
+async fn assert_nothing_stored(g: &Garretd) {
+    wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        g.count("chunks") == 0 && g.chunk_files() == 0
+    })
+    .await;
+    assert_eq!(g.count("objects"), 0);
+    assert_eq!(g.count("nars"), 0);
+    assert_eq!(g.count("chunks"), 0);
+    assert_eq!(g.chunk_files(), 0);
+}
+
+#[tokio::test]
+async fn nars_that_break_their_claim_or_the_grammar_are_refused() {
+    let (g, api, admin) = server_with_cache("c", false).await;
     let nar = nar_of_file(&noise(1, 1 << 20));
 
     // wrong hash
@@ -377,8 +369,13 @@ async fn bad_uploads_are_refused_and_store_nothing() {
         "RequestError",
     )
     .await;
+    assert_nothing_stored(&g).await;
+}
 
-    // invalid metadata
+#[tokio::test]
+async fn invalid_upload_metadata_is_refused() {
+    let (g, api, admin) = server_with_cache("c", false).await;
+    let nar = nar_of_file(&noise(1, 1 << 20));
     let good = upload_info("c", "x-6", &nar, &[]);
     for (field, value) in [
         ("store_path_hash", Value::from("../../etc/passwd")),
@@ -398,13 +395,16 @@ async fn bad_uploads_are_refused_and_store_nothing() {
         let r = api.upload(Some(&admin), &info, nar.clone()).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{field} = {value}");
     }
-    // missing or malformed upload info
+    assert_nothing_stored(&g).await;
+}
+
+#[tokio::test]
+async fn missing_malformed_or_oversized_upload_info_is_refused() {
+    let (g, api, admin) = server_with_cache("c", false).await;
+    let nar = nar_of_file(&noise(1, 1 << 20));
     let r = api
-        .req(Method::PUT, "_api/v1/upload-path", Some(&admin))
-        .body(nar.clone())
-        .send()
-        .await
-        .unwrap();
+        .put("_api/v1/upload-path", Some(&admin), nar.clone())
+        .await;
     let msg = expect_error(r, StatusCode::BAD_REQUEST, "RequestError").await;
     assert!(msg.contains("X-Attic-Nar-Info"), "{msg}");
     let r = api
@@ -434,8 +434,12 @@ async fn bad_uploads_are_refused_and_store_nothing() {
         .await
         .unwrap();
     expect_error(r, StatusCode::BAD_REQUEST, "RequestError").await;
+    assert_nothing_stored(&g).await;
+}
 
-    // invalid names and hashes in URLs
+#[tokio::test]
+async fn invalid_names_and_hashes_in_urls_are_refused() {
+    let (g, api, admin) = server_with_cache("c", false).await;
     for path in [
         "..%2F..%2Fetc/nix-cache-info".to_string(),
         format!("{}/nix-cache-info", "x".repeat(51)),
@@ -444,28 +448,18 @@ async fn bad_uploads_are_refused_and_store_nothing() {
         format!("c/{}.narinfo", "e".repeat(32)),
         "c/nar/..%2F..%2Fserver.db.nar".into(),
     ] {
-        let r = api
-            .req(Method::GET, &path, Some(&admin))
-            .send()
-            .await
-            .unwrap();
+        let r = api.get(&path, Some(&admin)).await;
         assert!(r.status().is_client_error(), "{path}: {}", r.status());
         let body: Value = r.json().await.unwrap();
         assert!(body["error"].is_string(), "{path}: JSON error body");
     }
+    assert_nothing_stored(&g).await;
+}
 
-    // nothing of the above was stored, once the background cleanup has run
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while (g.count("chunks") > 0 || g.chunk_files() > 0) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(g.count("objects"), 0);
-    assert_eq!(g.count("nars"), 0);
-    assert_eq!(g.count("chunks"), 0);
-    assert_eq!(g.chunk_files(), 0);
-
-    // an upload cut off mid-body leaves nothing either (large enough that chunks are
-    // already written when the connection drops)
+/// Large enough that chunks are already written when the connection drops.
+#[tokio::test]
+async fn an_upload_cut_off_mid_body_leaves_nothing_and_can_be_retried() {
+    let (g, api, admin) = server_with_cache("c", false).await;
     let nar = nar_of_file(&noise(2, 6 << 20));
     let info = upload_info("c", "x-7", &nar, &[]);
     let mut stream = tokio::net::TcpStream::connect(g.url.trim_start_matches("http://"))
@@ -478,16 +472,16 @@ async fn bad_uploads_are_refused_and_store_nothing() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&nar[..nar.len() / 2]).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while g.count("chunks") == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        g.count("chunks") != 0
+    })
+    .await;
     assert!(g.count("chunks") > 0, "the first half was being stored");
     drop(stream);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while (g.count("chunks") > 0 || g.chunk_files() > 0) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        g.count("chunks") == 0 && g.chunk_files() == 0
+    })
+    .await;
     assert_eq!(g.count("objects"), 0);
     assert_eq!(
         g.count("chunks"),
@@ -506,11 +500,7 @@ async fn bad_uploads_are_refused_and_store_nothing() {
 async fn host_header_rules() {
     let g = Garretd::start_with(Some("allowed-hosts = [\"cache.example\"]\n"), &[]);
     let api = g.client();
-    let r = api
-        .req(Method::GET, "x/nix-cache-info", None)
-        .send()
-        .await
-        .unwrap();
+    let r = api.get("x/nix-cache-info", None).await;
     let msg = expect_error(r, StatusCode::BAD_REQUEST, "RequestError").await;
     assert!(msg.contains("Bad Host"));
     let r = api
@@ -521,9 +511,9 @@ async fn host_header_rules() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // probes ignore Host
-    let r = api.req(Method::GET, "healthz", None).send().await.unwrap();
+    let r = api.get("healthz", None).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let r = api.req(Method::GET, "readyz", None).send().await.unwrap();
+    let r = api.get("readyz", None).await;
     assert_eq!(r.status(), StatusCode::OK);
     // the home page
     let r = api
@@ -546,35 +536,21 @@ fn metric(text: &str, prefix: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_count_requests_uploads_and_storage() {
-    let g = Garretd::start();
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "m", true).await.status(),
-        StatusCode::OK
-    );
+    let (_g, api, admin) = server_with_cache("m", true).await;
     let nar = nar_of_file(&noise(5, 400_000));
     let info = upload_info("m", "p", &nar, &[]);
     api.upload(Some(&admin), &info, nar.clone()).await;
     api.upload(Some(&admin), &info, nar.clone()).await;
     let body = api
-        .req(Method::GET, &format!("m/nar/{}.nar", fake_hash("p")), None)
-        .send()
+        .get(&format!("m/nar/{}.nar", fake_hash("p")), None)
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
-    api.req(
-        Method::GET,
-        &format!("m/{}.narinfo", fake_hash("nope")),
-        None,
-    )
-    .send()
-    .await
-    .unwrap();
+    api.get(&format!("m/{}.narinfo", fake_hash("nope")), None)
+        .await;
 
-    let resp = api.req(Method::GET, "metrics", None).send().await.unwrap();
+    let resp = api.get("metrics", None).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.unwrap();
     assert_eq!(metric(&text, "garret_http_requests_total{route=\"/_api/v1/upload-path\",method=\"PUT\",status=\"200\"}"), 2.0);
@@ -611,13 +587,7 @@ async fn metrics_count_requests_uploads_and_storage() {
 /// SIGTERM: new connections are refused, an upload in flight still completes.
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_upload_finish() {
-    let g = Garretd::start();
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "c", false).await.status(),
-        StatusCode::OK
-    );
+    let (g, api, admin) = server_with_cache("c", false).await;
     let nar = nar_of_file(&noise(9, 2 << 20));
     let info = upload_info("c", "slow", &nar, &[]);
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);

@@ -252,13 +252,7 @@ async fn route_by_caller_by_visibility() {
 #[tokio::test]
 async fn malformed_tokens_and_algorithms_never_verify() {
     use base64::Engine;
-    let g = Garretd::start();
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "priv", false).await.status(),
-        StatusCode::OK
-    );
+    let (_g, api, admin) = server_with_cache("priv", false).await;
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let claims = b64(r#"{"sub":"x","https://jwt.attic.rs/v1":{"caches":{"*":{"r":1,"w":1}}}}"#);
     let none_token = format!("{}.{claims}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
@@ -267,11 +261,7 @@ async fn malformed_tokens_and_algorithms_never_verify() {
         ("garbage", "not a JWT"),
         ("a.b.c", "not base64 JSON"),
     ] {
-        let r = api
-            .req(Method::GET, "_api/v1/cache-config/priv", Some(token))
-            .send()
-            .await
-            .unwrap();
+        let r = api.get("_api/v1/cache-config/priv", Some(token)).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{why}");
         let body: serde_json::Value = r.json().await.unwrap();
         assert!(

@@ -107,13 +107,7 @@ impl Env {
 
     /// Builds the chain into store A; returns (top, closure).
     fn build_chain(&self, bigsize: u64) -> (String, Vec<String>) {
-        let nonce = format!(
-            "{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos()
-        );
+        let nonce = common::nix::nonce();
         let a = self.store("A");
         let top = self.nix_ok(
             "nix-build",

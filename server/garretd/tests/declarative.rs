@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 /// Polls until `check` holds (file watchers apply changes within a few seconds).
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -215,17 +215,12 @@ async fn two_replicas_act_as_one_cache() {
     );
     assert!(o1.status.success() && o2.status.success());
     for api in [&a, &b] {
-        let r = api
-            .req(
-                Method::GET,
-                &format!("shared/nar/{}.nar", fake_hash("both")),
-                Some(&admin),
-            )
-            .send()
-            .await
-            .unwrap();
         assert_eq!(
-            zstd::decode_all(&r.bytes().await.unwrap()[..]).unwrap(),
+            api.nar(
+                &format!("shared/nar/{}.nar", fake_hash("both")),
+                Some(&admin)
+            )
+            .await,
             nar
         );
     }

@@ -23,14 +23,8 @@ async fn set_retention(api: &Api, token: &str, cache: &str, secs: u32) {
 
 async fn fetch_nar(api: &Api, token: &str, cache: &str, name: &str) -> (StatusCode, Vec<u8>) {
     let r = api
-        .req(
-            Method::GET,
-            &format!("{cache}/nar/{}.nar", fake_hash(name)),
-            Some(token),
-        )
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("{cache}/nar/{}.nar", fake_hash(name)), Some(token))
+        .await;
     let status = r.status();
     let body = r.bytes().await.unwrap();
     let nar = if status == StatusCode::OK {
@@ -197,14 +191,12 @@ async fn a_pack_lives_as_long_as_any_of_its_chunks() {
         let admin = admin.clone();
         async move {
             let r = api
-                .req(
+                .send(
                     Method::DELETE,
                     &format!("_api/v1/cache-config/{cache}"),
                     Some(&admin),
                 )
-                .send()
-                .await
-                .unwrap();
+                .await;
             assert_eq!(r.status(), StatusCode::OK);
         }
     };
@@ -237,10 +229,8 @@ async fn a_mostly_dead_pack_is_compacted() {
     // a's first pack holds 0.5 MiB that b shares and 1.5 MiB only a uses
     let (g, api, admin, b) = two_nars_sharing_a_head(1 << 19, 2 << 20).await;
     let r = api
-        .req(Method::DELETE, "_api/v1/cache-config/first", Some(&admin))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "_api/v1/cache-config/first", Some(&admin))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let live_bytes = |g: &Garretd| -> u64 {
@@ -325,10 +315,8 @@ async fn an_interrupted_run_is_finished_by_the_next() {
     )
     .await;
     let r = api
-        .req(Method::DELETE, "_api/v1/cache-config/tmp", Some(&admin))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "_api/v1/cache-config/tmp", Some(&admin))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
@@ -403,14 +391,12 @@ async fn uploads_racing_gc_end_intact() {
         )
         .await;
         // orphan it, then immediately upload a NAR that shares almost all of its chunks
-        api.req(
+        api.send(
             Method::DELETE,
             &format!("_api/v1/cache-config/{eph}"),
             Some(&admin),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
         tokio::time::sleep(Duration::from_millis(400)).await;
         let keep = nar_of_file(&[&base[..], format!("kept {round}").as_bytes()].concat());
         let mut status = StatusCode::SERVICE_UNAVAILABLE;

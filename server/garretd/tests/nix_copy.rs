@@ -20,13 +20,7 @@ async fn nix_copy_into_a_private_cache_then_substitute_elsewhere() {
         .tempdir()
         .unwrap();
     let nix = Nix::new(tmp.path());
-    let g = Garretd::start();
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "priv", false).await.status(),
-        StatusCode::OK
-    );
+    let (g, api, admin) = server_with_cache("priv", false).await;
 
     let a = nix.store("A");
     let top = nix.build_two(&a, &nonce());
@@ -129,14 +123,8 @@ async fn nix_copy_into_a_private_cache_then_substitute_elsewhere() {
 
     // the stock narinfo of our server carries our URL and compression, not Nix's file
     let text = api
-        .req(
-            Method::GET,
-            &format!("priv/{}.narinfo", &top[11..43]),
-            Some(&admin),
-        )
-        .send()
+        .get(&format!("priv/{}.narinfo", &top[11..43]), Some(&admin))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -149,13 +137,7 @@ async fn nix_copy_into_a_private_cache_then_substitute_elsewhere() {
 
 #[tokio::test]
 async fn narinfo_uploads_are_checked_against_the_nar() {
-    let g = Garretd::start();
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "c", false).await.status(),
-        StatusCode::OK
-    );
+    let (_g, api, admin) = server_with_cache("c", false).await;
     let nar = nar_of_file(&noise(3, 100_000));
     let hash = fake_hash("x");
     let nar_hash =
@@ -169,11 +151,12 @@ async fn narinfo_uploads_are_checked_against_the_nar() {
 
     // a narinfo whose NAR never arrived is refused
     let r = api
-        .req(Method::PUT, &format!("c/{hash}.narinfo"), Some(&admin))
-        .body(narinfo(nar.len()))
-        .send()
-        .await
-        .unwrap();
+        .put(
+            &format!("c/{hash}.narinfo"),
+            Some(&admin),
+            narinfo(nar.len()),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(
@@ -187,54 +170,39 @@ async fn narinfo_uploads_are_checked_against_the_nar() {
     // upload the NAR (uncompressed), named after its own hash
     let file = garret_core::nix::base32::encode(&sha2::Sha256::digest(&nar));
     let r = api
-        .req(Method::PUT, &format!("c/nar/{file}.nar"), Some(&admin))
-        .body(nar.clone())
-        .send()
-        .await
-        .unwrap();
+        .put(&format!("c/nar/{file}.nar"), Some(&admin), nar.clone())
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     // a file whose name is another hash is refused
     let other = garret_core::nix::base32::encode(&[7u8; 32]);
     let r = api
-        .req(Method::PUT, &format!("c/nar/{other}.nar"), Some(&admin))
-        .body(nar.clone())
-        .send()
-        .await
-        .unwrap();
+        .put(&format!("c/nar/{other}.nar"), Some(&admin), nar.clone())
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // a corrupt compressed file is refused
     let r = api
-        .req(Method::PUT, &format!("c/nar/{file}.nar.xz"), Some(&admin))
-        .body(nar.clone())
-        .send()
-        .await
-        .unwrap();
+        .put(&format!("c/nar/{file}.nar.xz"), Some(&admin), nar.clone())
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // wrong size, or a StorePath that doesn't match the file name: refused
     let r = api
-        .req(Method::PUT, &format!("c/{hash}.narinfo"), Some(&admin))
-        .body(narinfo(nar.len() + 1))
-        .send()
-        .await
-        .unwrap();
+        .put(
+            &format!("c/{hash}.narinfo"),
+            Some(&admin),
+            narinfo(nar.len() + 1),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = api
-        .req(
-            Method::PUT,
+        .put(
             &format!("c/{}.narinfo", fake_hash("y")),
             Some(&admin),
+            narinfo(nar.len()),
         )
-        .body(narinfo(nar.len()))
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = api
-        .req(Method::GET, &format!("c/{hash}.narinfo"), Some(&admin))
-        .send()
-        .await
-        .unwrap();
+    let r = api.get(&format!("c/{hash}.narinfo"), Some(&admin)).await;
     assert_eq!(
         r.status(),
         StatusCode::NOT_FOUND,
@@ -243,19 +211,15 @@ async fn narinfo_uploads_are_checked_against_the_nar() {
 
     // the right narinfo commits; then the object is served
     let r = api
-        .req(Method::PUT, &format!("c/{hash}.narinfo"), Some(&admin))
-        .body(narinfo(nar.len()))
-        .send()
-        .await
-        .unwrap();
+        .put(
+            &format!("c/{hash}.narinfo"),
+            Some(&admin),
+            narinfo(nar.len()),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
-    let r = api
-        .req(Method::GET, &format!("c/nar/{hash}.nar"), Some(&admin))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        zstd::decode_all(&r.bytes().await.unwrap()[..]).unwrap(),
+        api.nar(&format!("c/nar/{hash}.nar"), Some(&admin)).await,
         nar
     );
 
@@ -265,10 +229,11 @@ async fn narinfo_uploads_are_checked_against_the_nar() {
         StatusCode::OK
     );
     let r = api
-        .req(Method::PUT, &format!("d/{hash}.narinfo"), Some(&admin))
-        .body(narinfo(nar.len()))
-        .send()
-        .await
-        .unwrap();
+        .put(
+            &format!("d/{hash}.narinfo"),
+            Some(&admin),
+            narinfo(nar.len()),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }

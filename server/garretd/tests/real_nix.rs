@@ -64,13 +64,7 @@ async fn push_with_attic_api_then_substitute_with_real_nix() {
         .unwrap();
     let nix = Nix::new(tmp.path());
 
-    let g = Garretd::start();
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "pub", true).await.status(),
-        StatusCode::OK
-    );
+    let (g, api, admin) = server_with_cache("pub", true).await;
     assert_eq!(
         api.create_cache(&admin, "priv", false).await.status(),
         StatusCode::OK

@@ -1,6 +1,7 @@
 //! One storage contract, every backend: the same suite runs on local disk and on a real
 //! S3 server (Garage in CI, see `.ci/garage.sh`), plus S3 failure modes.
 
+mod common;
 mod s3_support;
 
 use std::time::{Duration, Instant};
@@ -10,17 +11,9 @@ use garretd::backend::{new_pack_key, LocalStorage, S3Storage, Storage, StorageEr
 use garretd::config::{S3Config, S3Credentials};
 use s3_support::s3_from_env;
 
+/// Incompressible bytes, distinct per seed.
 fn blob(seed: u64, n: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    Bytes::from(v)
+    Bytes::from(common::noise(seed, n))
 }
 
 /// The contract every backend must keep. Keys are fresh UUIDs, so runs can share a bucket.

@@ -357,6 +357,40 @@ impl Api {
         }
     }
 
+    /// Sends a request without a body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        self.req(method, path, token).send().await.expect("send")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path, token).await
+    }
+
+    /// PUTs a body (a NAR, a narinfo) at `path`.
+    pub async fn put(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.req(reqwest::Method::PUT, path, token)
+            .body(body)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// GETs a NAR as served (zstd) and returns it decompressed; the status is not checked.
+    pub async fn nar(&self, path: &str, token: Option<&str>) -> Vec<u8> {
+        let body = self.get(path, token).await.bytes().await.expect("NAR body");
+        zstd::decode_all(&body[..]).expect("zstd NAR")
+    }
+
     /// GET cache-config: the status and the JSON body (null when there is none).
     pub async fn cache_config(
         &self,
@@ -450,6 +484,31 @@ impl Api {
     }
 }
 
+/// A fresh server with one cache on it: the server, its API and an all-rights token.
+pub async fn server_with_cache(cache: &str, public: bool) -> (Garretd, Api, String) {
+    let g = Garretd::start();
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, cache, public).await.status(),
+        reqwest::StatusCode::OK
+    );
+    (g, api, admin)
+}
+
+/// A response's JSON body.
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
+    resp.json().await.expect("JSON body")
+}
+
+/// Polls `done` every `every` until it holds or `timeout` has passed; the caller asserts.
+pub async fn wait_for(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(every).await;
+    }
+}
+
 // ---- NARs -------------------------------------------------------------------------------
 
 fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -459,8 +518,8 @@ fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend(std::iter::repeat_n(0u8, pad));
 }
 
-/// A NAR holding one regular file.
-pub fn nar_of_file(contents: &[u8]) -> Vec<u8> {
+/// What comes before the `size` contents bytes in the NAR of one regular file.
+pub fn nar_file_head(size: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for t in [
         &b"nix-archive-1"[..],
@@ -471,8 +530,22 @@ pub fn nar_of_file(contents: &[u8]) -> Vec<u8> {
     ] {
         nar_str(&mut out, t);
     }
-    nar_str(&mut out, contents);
+    out.extend_from_slice(&(size as u64).to_le_bytes());
+    out
+}
+
+/// What comes after the `size` contents bytes in the NAR of one regular file.
+pub fn nar_file_tail(size: usize) -> Vec<u8> {
+    let mut out = vec![0u8; (8 - size % 8) % 8];
     nar_str(&mut out, b")");
+    out
+}
+
+/// A NAR holding one regular file.
+pub fn nar_of_file(contents: &[u8]) -> Vec<u8> {
+    let mut out = nar_file_head(contents.len());
+    out.extend_from_slice(contents);
+    out.extend_from_slice(&nar_file_tail(contents.len()));
     out
 }
 
@@ -482,16 +555,31 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// Deterministic pseudo-random bytes (incompressible, no two seeds alike).
 pub fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
+    let mut v = vec![0u8; n];
+    Noise::new(seed).fill(&mut v);
     v
+}
+
+/// The byte stream behind [`noise`], for data too large to hold at once: filling buffers
+/// whose sizes are multiples of 8 one after another yields `noise(seed, total)`.
+pub struct Noise(u64);
+
+impl Noise {
+    pub fn new(seed: u64) -> Noise {
+        // an odd state for xorshift, distinct for every seed
+        Noise(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+    }
 }
 
 /// A valid-looking store path hash derived from a seed.

@@ -7,8 +7,8 @@ use std::process::Command;
 
 use garretd::config::{S3Config, S3Credentials};
 
-#[path = "../common/skip.rs"]
-mod skip;
+// Every test that includes this module also includes the harness (`mod common`).
+use crate::common::skip;
 #[allow(unused_imports)] // not every test that includes this module needs it
 pub use skip::require;
 
