@@ -77,6 +77,9 @@ pub struct Options {
     startup_timeout: Option<Duration>,
     admission_webhooks: bool,
     apiserver_args: Vec<String>,
+    // Set by crate::node: ServiceAccount admission, kubelet addressing and
+    // the extra controllers a node needs.
+    node: bool,
 }
 
 impl Default for Options {
@@ -94,7 +97,19 @@ impl Options {
             startup_timeout: None,
             admission_webhooks: false,
             apiserver_args: Vec::new(),
+            node: false,
         }
+    }
+
+    /// What [`crate::Node`] needs from the control plane: the controller
+    /// manager (with the node, volume and EndpointSlice controllers), the
+    /// ServiceAccount admission plugin (pods get tokens) and the kubelet
+    /// reached by its InternalIP.
+    pub(crate) fn for_node(mut self, kubelet: Identity) -> Self {
+        self.node = true;
+        self.controller_manager = true;
+        self.identities.push(kubelet);
+        self
     }
 
     /// Also run kube-controller-manager (garbage collector, namespace
@@ -135,7 +150,7 @@ impl Options {
         self
     }
 
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.startup_timeout
             .or_else(|| {
                 std::env::var(STARTUP_TIMEOUT_ENV)
@@ -374,12 +389,22 @@ impl ControlPlane {
             .push(p);
     }
 
+    /// A kubeconfig for `user` that dials `server` instead of [`Self::url`]
+    /// (the node reaches this API server through a relay in its netns).
+    pub(crate) fn kubeconfig_yaml_via(&self, user: &str, server: &str) -> Result<String> {
+        Ok(self.kubeconfig_yaml_at(self.row(user)?, server))
+    }
+
     fn kubeconfig_yaml(&self, row: &TokenRow) -> String {
+        self.kubeconfig_yaml_at(row, &self.url)
+    }
+
+    fn kubeconfig_yaml_at(&self, row: &TokenRow, server: &str) -> String {
         // JSON strings are valid YAML scalars: no quoting surprises.
         let q = |s: &str| serde_json::Value::from(s).to_string();
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: garret-e2e\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {}\n  user:\n    token: {}\ncontexts:\n- name: garret-e2e\n  context:\n    cluster: garret-e2e\n    user: {}\n    namespace: default\ncurrent-context: garret-e2e\n",
-            q(&self.url),
+            q(server),
             q(&self.ca_file.to_string_lossy()),
             q(&row.identity.user),
             q(&row.token),
@@ -447,7 +472,12 @@ impl ControlPlane {
         let log = self.dir.join("kube-apiserver.log");
         let pki = self.dir.join("pki");
         let sa_key = self.dir.join("sa.key");
-        let mut disabled = vec!["ServiceAccount"];
+        // Without a node no pod runs, so no pod needs a token.
+        let mut disabled = if self.options.node {
+            vec![]
+        } else {
+            vec!["ServiceAccount"]
+        };
         if !self.options.admission_webhooks {
             disabled.extend(["MutatingAdmissionWebhook", "ValidatingAdmissionWebhook"]);
         }
@@ -474,6 +504,8 @@ impl ControlPlane {
                 "--service-cluster-ip-range=10.0.0.0/24".to_string(),
                 "--endpoint-reconciler-type=none".to_string(),
                 format!("--disable-admission-plugins={}", disabled.join(",")),
+                // The node name does not resolve; logs/exec dial the node IP.
+                "--kubelet-preferred-address-types=InternalIP".to_string(),
                 "--allow-privileged=true".to_string(),
                 "--profiling=false".to_string(),
                 "--enable-priority-and-fairness=false".to_string(),
@@ -521,17 +553,32 @@ impl ControlPlane {
 
     async fn start_controller_manager(&self, bins: &Binaries, timeout: Duration) -> Result<()> {
         let log = self.dir.join("kube-controller-manager.log");
+        let mut controllers = String::from(
+            "garbage-collector-controller,namespace-controller,serviceaccount-controller,\
+             serviceaccount-token-controller,root-ca-certificate-publisher-controller,deployment-controller,\
+             replicaset-controller,statefulset-controller,job-controller,cronjob-controller,\
+             clusterrole-aggregation-controller",
+        );
+        if self.options.node {
+            // node-lifecycle lifts the not-ready taint; the PV binder and the
+            // protection controllers make PVCs bind and be deletable.
+            controllers.push_str(
+                ",node-lifecycle-controller,endpointslice-controller,endpoints-controller,\
+                 persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,\
+                 persistentvolume-protection-controller,pod-garbage-collector-controller,\
+                 ttl-after-finished-controller",
+            );
+        }
         let args = vec![
             format!("--kubeconfig={}", self.kubeconfig_path().display()),
             "--leader-elect=false".to_string(),
             // No serving: nothing to clash on, nothing to probe.
             "--secure-port=0".to_string(),
-            "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,\
-             serviceaccount-token-controller,root-ca-certificate-publisher-controller,deployment-controller,\
-             replicaset-controller,statefulset-controller,job-controller,cronjob-controller,\
-             clusterrole-aggregation-controller"
-                .to_string(),
-            format!("--service-account-private-key-file={}", self.dir.join("sa.key").display()),
+            format!("--controllers={controllers}"),
+            format!(
+                "--service-account-private-key-file={}",
+                self.dir.join("sa.key").display()
+            ),
             format!("--root-ca-file={}", self.ca_file.display()),
             "--use-service-account-credentials=false".to_string(),
             "--profiling=false".to_string(),
@@ -590,7 +637,7 @@ async fn config_from_yaml(yaml: &str) -> Result<Config> {
     Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
 }
 
-async fn client_from_yaml(yaml: &str) -> Result<Client> {
+pub(crate) async fn client_from_yaml(yaml: &str) -> Result<Client> {
     // kube selects rustls' ring provider; installing it as the process
     // default keeps that working if another crate in the build enables a
     // second provider.

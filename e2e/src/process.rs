@@ -117,6 +117,23 @@ impl Process {
         })
     }
 
+    /// The child's pid (also its process group id).
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself.
+    pub(crate) fn wait_exit(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.exited().is_none() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    }
+
     /// `Some(status)` once the process has exited.
     pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         if self.reaped.is_none() {
