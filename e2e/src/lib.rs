@@ -20,6 +20,10 @@
 //! # let _ = (client, ns); Ok(()) }
 //! ```
 //!
+//! [`Node`] adds a real node (containerd, kubelet, kube-proxy, CNI bridge,
+//! kube-scheduler) in its own network, mount and pid namespaces, so pods
+//! run; [`LocalImage`] makes small images for them from host files.
+//!
 //! Every process is started in its own process group with
 //! `PR_SET_PDEATHSIG=SIGKILL`, and is killed (and the temporary directory
 //! removed) when the [`ControlPlane`] is dropped, when the test binary exits
@@ -31,6 +35,8 @@ mod binaries;
 mod control_plane;
 mod helpers;
 mod images;
+mod local_image;
+mod node;
 mod process;
 
 use std::path::PathBuf;
@@ -43,6 +49,8 @@ pub use images::{
     build_images, default_bin_dir, ImageArchive, Images, GARRETD_REPOSITORY, IMAGES_BUILD_COMMAND,
     OPERATOR_REPOSITORY,
 };
+pub use local_image::LocalImage;
+pub use node::{Node, PortForward, NODE_IP, NODE_NAME, PAUSE_IMAGE, POD_CIDR, STORAGE_CLASS};
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,6 +72,14 @@ pub enum Error {
         binary: &'static str,
         /// Where it was looked for.
         path: PathBuf,
+    },
+    /// A host program or package the node ([`Node`]) needs is missing.
+    #[error("{tool} not found: install it with `{install}` (as root; .ci/run does this in CI)")]
+    MissingTool {
+        /// The program, e.g. `containerd`.
+        tool: &'static str,
+        /// The command that installs it.
+        install: String,
     },
     /// The etcd binary of the `etcd-bin-vendored` crate is not available.
     #[error("etcd from the etcd-bin-vendored crate is unavailable: {0}")]
