@@ -152,7 +152,7 @@ pub struct CacheSpec {
 }
 
 /// Ingress exposure. The rendered annotations raise body size and timeouts for Nix
-/// uploads (see `build::ingress` for the controllers covered).
+/// uploads (see `desired::ingress` for the controllers covered).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
