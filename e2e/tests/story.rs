@@ -1,0 +1,868 @@
+//! The product's story, end to end, with real pods: `helm install` the operator chart with
+//! the locally built operator image, `kubectl apply -f docs/cache.yaml`, then push with the
+//! CI token's Secret and substitute with real Nix through a reverse proxy configured from the
+//! Ingress the operator rendered — and the data survives pod deletion, a rolling update and
+//! the BinaryCache's deletion and re-creation.
+//!
+//! The scenario is written once against [`Cluster`]: the harness's own [`Node`] by default,
+//! or any cluster named by `GARRET_E2E_KUBECONFIG` whose node already has the two images
+//! (`e2e/kind/run.sh` does that with kind). Clients (the `garret` CLI, Nix, nginx as the
+//! ingress controller) run where the cluster's Service IPs are reachable, with a private
+//! `/etc/hosts` that maps the Ingress host to the proxy — the only stand-in for DNS.
+//!
+//! Every wait polls observable state (conditions, pod readiness, HTTP answers); nothing
+//! sleeps to synchronise and nothing asserts on time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use garret_e2e::{build_images, default_bin_dir, testbin_dir, wait_for, Node, Options};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::Client;
+use serde_json::json;
+
+/// Generous: the first rollout pulls nothing but starts garretd, runs migrations and
+/// generates keys on a shared 2-core machine.
+const T: Duration = Duration::from_secs(180);
+const HOST: &str = "cache.garret.test";
+const OPERATOR_NS: &str = "garret-system";
+
+const NIX_CONF: &str = "\
+build-users-group =
+sandbox = false
+substituters =
+trusted-public-keys =
+require-sigs = true
+experimental-features = nix-command
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0
+download-attempts = 1
+stalled-download-timeout = 30
+fsync-metadata = false
+gc-reserved-space = 0
+extra-sandbox-paths = /bin /usr /lib /lib64?
+";
+
+/// Two derivations, `top` referencing `dep`, with a 3 MB file so the push passes the
+/// default 1 MiB proxy limit only when the limit is raised.
+const TWO_NIX: &str = r#"{ nonce }:
+let
+  dep = derivation {
+    name = "dep-${nonce}"; system = builtins.currentSystem;
+    builder = "/bin/sh"; PATH = "/usr/bin:/bin";
+    args = [ "-c" "echo dependency ${nonce} > $out" ];
+  };
+in derivation {
+  name = "top-${nonce}"; system = builtins.currentSystem;
+  builder = "/bin/sh"; PATH = "/usr/bin:/bin";
+  args = [ "-c" "mkdir $out; echo ${dep} > $out/ref; echo top > $out/data; head -c 3000000 /dev/urandom > $out/blob" ];
+}
+"#;
+
+/// Where the scenario runs: what differs between the harness's node and another cluster.
+enum Cluster {
+    Harness(&'static Node),
+    External { kubeconfig: PathBuf },
+}
+
+impl Cluster {
+    async fn get() -> Cluster {
+        if let Some(kc) = std::env::var_os("GARRET_E2E_KUBECONFIG") {
+            return Cluster::External {
+                kubeconfig: PathBuf::from(kc),
+            };
+        }
+        let node = Node::shared(Options::new()).await.expect("node");
+        let images = build_images(&default_bin_dir().expect("bin dir")).expect("images");
+        for image in [&images.garretd, &images.operator] {
+            node.import_image(&image.archive).expect("import image");
+        }
+        Cluster::Harness(node)
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        match self {
+            Cluster::Harness(node) => node.control_plane().kubeconfig_path(),
+            Cluster::External { kubeconfig } => kubeconfig.clone(),
+        }
+    }
+
+    async fn client(&self) -> Client {
+        match self {
+            Cluster::Harness(node) => node.admin_client().await.expect("client"),
+            Cluster::External { kubeconfig } => {
+                let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .expect("kubeconfig");
+                Client::try_from(cfg).expect("client")
+            }
+        }
+    }
+
+    async fn namespace(&self, prefix: &str) -> String {
+        match self {
+            Cluster::Harness(node) => node.create_namespace(prefix).await.expect("namespace"),
+            Cluster::External { .. } => {
+                let ns = format!("{prefix}-{}", std::process::id());
+                kubectl(self, &["create", "namespace", &ns]);
+                ns
+            }
+        }
+    }
+
+    /// `program` where Service cluster IPs are reachable.
+    fn command(&self, program: &str) -> Command {
+        match self {
+            Cluster::Harness(node) => node.command(program),
+            Cluster::External { .. } => Command::new(program),
+        }
+    }
+
+    /// Where the proxy reaches Service `svc` (port 80): its cluster IP on the harness's node;
+    /// elsewhere a `kubectl port-forward` on a fixed loopback port, (re)started by
+    /// [`Upstream::refresh`] whenever the pods behind it changed.
+    fn upstream(&self, ns: &str, svc: &Service) -> Upstream {
+        match self {
+            Cluster::Harness(_) => {
+                let spec = svc.spec.as_ref().expect("service spec");
+                let port = spec.ports.as_ref().and_then(|p| p.first()).map(|p| p.port);
+                Upstream {
+                    addr: format!(
+                        "{}:{}",
+                        spec.cluster_ip.clone().expect("cluster IP"),
+                        port.expect("service port")
+                    ),
+                    forward: None,
+                }
+            }
+            Cluster::External { kubeconfig } => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("free port")
+                    .port();
+                let mut up = Upstream {
+                    addr: format!("127.0.0.1:{port}"),
+                    forward: Some(Forward {
+                        cmd: vec![
+                            "kubectl".into(),
+                            format!("--kubeconfig={}", kubeconfig.display()),
+                            "port-forward".into(),
+                            "-n".into(),
+                            ns.into(),
+                            format!("svc/{}", svc.metadata.name.clone().unwrap_or_default()),
+                            format!("{port}:80"),
+                        ],
+                        child: None,
+                    }),
+                };
+                up.refresh();
+                up
+            }
+        }
+    }
+
+    fn helm(&self) -> PathBuf {
+        match self {
+            Cluster::Harness(_) => testbin_dir().expect("testbin").join("helm"),
+            Cluster::External { .. } => PathBuf::from("helm"),
+        }
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn check(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl on PATH");
+    check(&format!("kubectl {}", args.join(" ")), out)
+}
+
+/// The clients' side: a private directory with Nix's and garret's configuration, and a
+/// hosts file naming the proxy.
+struct Clients<'a> {
+    cluster: &'a Cluster,
+    dir: PathBuf,
+    hosts: PathBuf,
+}
+
+impl Clients<'_> {
+    fn new<'a>(cluster: &'a Cluster, dir: &Path) -> Clients<'a> {
+        for d in ["conf", "cache", "home", "xdg"] {
+            std::fs::create_dir_all(dir.join(d)).expect("mkdir");
+        }
+        std::fs::write(dir.join("conf/nix.conf"), NIX_CONF).expect("nix.conf");
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.1 {HOST}\n")).expect("hosts");
+        Clients {
+            cluster,
+            dir: dir.to_path_buf(),
+            hosts,
+        }
+    }
+
+    /// `program` with the private hosts file bind-mounted over `/etc/hosts` in a mount
+    /// namespace of its own, and a hermetic Nix and garret configuration.
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = self.cluster.command("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+            .arg(&self.hosts)
+            .arg(program)
+            .env("NIX_CONF_DIR", self.dir.join("conf"))
+            .env("XDG_CACHE_HOME", self.dir.join("cache"))
+            .env("HOME", self.dir.join("home"))
+            .env("XDG_CONFIG_HOME", self.dir.join("xdg"))
+            .env_remove("NIX_REMOTE")
+            .env_remove("GARRET_TOKEN")
+            .env_remove("GARRET_SERVER")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+        let program = program.as_ref().to_os_string();
+        let out = self
+            .cmd(&program)
+            .args(args)
+            .output()
+            .expect("spawn client");
+        eprintln!(
+            "$ {} {}\n{}{}",
+            program.to_string_lossy(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+        let what = format!("{} {}", program.as_ref().to_string_lossy(), args.join(" "));
+        check(&what, self.run(program, args))
+    }
+
+    fn store(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// The `garret` client with its local Nix pointed at chroot store `store`.
+    fn garret(&self, store: &str, args: &[&str]) -> Output {
+        let garret = default_bin_dir().expect("bin dir").join("garret");
+        let mut c = self.cmd(&garret);
+        c.env("NIX_REMOTE", format!("local?root={store}"))
+            .args(args);
+        let out = c.output().expect("spawn garret");
+        eprintln!(
+            "$ garret {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn build_two(&self, store: &str, nonce: &str) -> String {
+        let file = self.dir.join("two.nix");
+        std::fs::write(&file, TWO_NIX).expect("two.nix");
+        let file = file.to_string_lossy().into_owned();
+        self.ok(
+            "nix-build",
+            &[
+                "--store",
+                store,
+                "--no-out-link",
+                &file,
+                "--argstr",
+                "nonce",
+                nonce,
+            ],
+        )
+    }
+
+    /// Realise `path` into a fresh chroot store `store`, substituting from `url` only,
+    /// trusting only `key`.
+    fn substitute(
+        &self,
+        store: &str,
+        path: &str,
+        url: &str,
+        key: &str,
+        netrc: Option<&Path>,
+    ) -> Output {
+        let mut args = vec![
+            "--store",
+            store,
+            "--realise",
+            path,
+            "--option",
+            "substituters",
+            url,
+            "--option",
+            "trusted-public-keys",
+            key,
+        ];
+        let netrc = netrc.map(|p| p.to_string_lossy().into_owned());
+        if let Some(netrc) = &netrc {
+            args.extend(["--option", "netrc-file", netrc]);
+        }
+        self.run("nix-store", &args)
+    }
+
+    /// Fetch `url` with curl (for status codes only).
+    fn http_status(&self, url: &str) -> String {
+        self.ok(
+            "curl",
+            &["-s", "-o", "/dev/null", "-w", "%{http_code}", url],
+        )
+    }
+
+    /// nginx as ingress-nginx configures it for the Ingress host: proxying to `upstream`,
+    /// with the annotations the operator rendered translated to their nginx directives
+    /// (`None`: an Ingress without them, i.e. nginx's defaults — 1 MiB bodies, request
+    /// buffering on, 60 s timeouts).
+    fn nginx(&self, upstream: &str, ann: Option<&BTreeMap<String, String>>) -> Proxy {
+        const A: &str = "nginx.ingress.kubernetes.io/";
+        let dir = self.dir.join("nginx");
+        std::fs::create_dir_all(dir.join("logs")).expect("mkdir");
+        let mut directives = String::new();
+        for (key, directive) in [
+            ("proxy-body-size", "client_max_body_size"),
+            ("proxy-request-buffering", "proxy_request_buffering"),
+            ("proxy-buffering", "proxy_buffering"),
+            ("proxy-read-timeout", "proxy_read_timeout"),
+            ("proxy-send-timeout", "proxy_send_timeout"),
+        ] {
+            if let Some(v) = ann.and_then(|a| a.get(&format!("{A}{key}"))) {
+                // ingress-nginx takes bare seconds for the timeouts.
+                let v = if key.ends_with("timeout") && v.chars().all(|c| c.is_ascii_digit()) {
+                    format!("{v}s")
+                } else {
+                    v.clone()
+                };
+                directives.push_str(&format!("{directive} {v}; "));
+            }
+        }
+        let servers = format!(
+            "server {{ listen 127.0.0.1:80; server_name {HOST};
+               location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1;
+                 proxy_set_header Host $host; {directives}}} }}\n"
+        );
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;
+             error_log {d}/logs/error.log info; events {{ worker_connections 64; }}
+             http {{ access_log {d}/logs/access.log; client_body_temp_path {d}/body;
+               proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi;
+               scgi_temp_path {d}/scgi; {servers} }}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+        let child = self
+            .cluster
+            .command("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("logs/error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("nginx on PATH (apt-get install nginx-light)");
+        Proxy { child }
+    }
+}
+
+struct Upstream {
+    addr: String,
+    forward: Option<Forward>,
+}
+
+struct Forward {
+    cmd: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Upstream {
+    /// Restart the port-forward (a no-op on the harness's node, where Service IPs route).
+    fn refresh(&mut self) {
+        if let Some(f) = &mut self.forward {
+            if let Some(mut c) = f.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let child = Command::new(&f.cmd[0])
+                .args(&f.cmd[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("kubectl port-forward");
+            f.child = Some(child);
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(Forward { child: Some(c), .. }) = &mut self.forward {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Proxy {
+    child: Child,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos().to_string()
+}
+
+fn secret_text(s: &Secret, key: &str) -> String {
+    let data = s.data.as_ref().expect("secret data");
+    String::from_utf8(data[key].0.clone()).expect("utf8 secret")
+}
+
+async fn condition_true(api: &Api<garret_operator::BinaryCache>, name: &str) -> bool {
+    let Ok(Some(bc)) = api.get_opt(name).await else {
+        return false;
+    };
+    bc.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+async fn wait_ready(kube: &Client, ns: &str, name: &str) -> garret_operator::BinaryCache {
+    let api: Api<garret_operator::BinaryCache> = Api::namespaced(kube.clone(), ns);
+    wait_for(T, &format!("BinaryCache {name} Ready"), || async {
+        Ok(if condition_true(&api, name).await {
+            api.get_opt(name).await?
+        } else {
+            None
+        })
+    })
+    .await
+    .expect("BinaryCache Ready")
+}
+
+/// Names of the Ready garretd pods of BinaryCache `name`.
+async fn ready_pods(kube: &Client, ns: &str, name: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), ns);
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"));
+    let Ok(list) = pods.list(&lp).await else {
+        return Vec::new();
+    };
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+async fn deployment_rolled_out(kube: &Client, ns: &str, name: &str) -> bool {
+    let api: Api<Deployment> = Api::namespaced(kube.clone(), ns);
+    let Ok(Some(d)) = api.get_opt(name).await else {
+        return false;
+    };
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.unwrap_or_default();
+    st.observed_generation == d.metadata.generation
+        && st.updated_replicas == Some(want)
+        && st.available_replicas == Some(want)
+        && st.replicas == Some(want)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
+    let cluster = Cluster::get().await;
+    let kube = cluster.client().await;
+    let tmp = tempfile::Builder::new()
+        .prefix("garret-story-")
+        .tempdir()
+        .expect("tempdir");
+    let clients = Clients::new(&cluster, tmp.path());
+
+    // 1. The operator, from its chart, running in a pod under its ClusterRole only.
+    let chart = repo().join("charts/garret-operator");
+    let out = Command::new(cluster.helm())
+        .args(["upgrade", "--install", "garret-operator"])
+        .arg(&chart)
+        .args(["--namespace", OPERATOR_NS, "--create-namespace"])
+        .args(["--set", "image.pullPolicy=IfNotPresent"])
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .output()
+        .expect("helm");
+    check("helm install", out);
+    wait_for(T, "operator Deployment available", || async {
+        Ok(deployment_rolled_out(&kube, OPERATOR_NS, "garret-operator")
+            .await
+            .then_some(()))
+    })
+    .await
+    .expect("operator running");
+
+    // 2. kubectl apply -f docs/cache.yaml, then wait on conditions.
+    let ns = cluster.namespace("story").await;
+    let cache_yaml = repo().join("docs/cache.yaml");
+    kubectl(
+        &cluster,
+        &["apply", "-n", &ns, "-f", &cache_yaml.to_string_lossy()],
+    );
+    let bc = wait_ready(&kube, &ns, "main").await;
+    let status = bc.status.clone().expect("status");
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some(format!("http://{HOST}/").as_str())
+    );
+    let key_of = |cache: &str| {
+        status
+            .caches
+            .iter()
+            .find(|c| c.name == cache)
+            .map(|c| c.public_key.clone())
+            .unwrap_or_else(|| panic!("status lists no key for {cache}: {status:?}"))
+    };
+    let (team_key, oss_key) = (key_of("team"), key_of("oss"));
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
+    let ci = wait_for(T, "Secret ci-token", || async {
+        Ok(secrets.get_opt("ci-token").await?)
+    })
+    .await
+    .expect("ci token");
+    let reader = wait_for(T, "Secret reader-token", || async {
+        Ok(secrets.get_opt("reader-token").await?)
+    })
+    .await
+    .expect("reader token");
+
+    // 3. The ingress controller: nginx configured from the Ingress the operator rendered.
+    let ingresses: Api<Ingress> = Api::namespaced(kube.clone(), &ns);
+    let ing = ingresses.get("main").await.expect("Ingress main");
+    let ann: BTreeMap<String, String> = ing.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        ann.contains_key("nginx.ingress.kubernetes.io/proxy-body-size"),
+        "the Ingress raises the body size: {ann:?}"
+    );
+    let rule_host = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.rules.as_ref())
+        .and_then(|r| r.first())
+        .and_then(|r| r.host.clone());
+    assert_eq!(rule_host.as_deref(), Some(HOST));
+    let services: Api<Service> = Api::namespaced(kube.clone(), &ns);
+    let svc = services.get("main").await.expect("Service main");
+    let mut upstream = cluster.upstream(&ns, &svc);
+    let proxy = clients.nginx(&upstream.addr, Some(&ann));
+    let url = format!("http://{HOST}");
+    wait_for(T, "garretd answering through the proxy", || async {
+        Ok((clients.http_status(&format!("{url}/oss/nix-cache-info")) == "200").then_some(()))
+    })
+    .await
+    .expect("proxy up");
+
+    // 4. Push with the CI token's Secret, as CI would.
+    let store_a = clients.store("a");
+    let n = nonce();
+    let top = clients.build_two(&store_a, &n);
+    let token = secret_text(&ci, "token");
+    assert_eq!(secret_text(&ci, "endpoint"), format!("{url}/"));
+    let login = clients.garret(
+        &store_a,
+        &["login", "main", &secret_text(&ci, "endpoint"), &token],
+    );
+    check("garret login", login);
+    check(
+        "garret push",
+        clients.garret(&store_a, &["push", "team", &top]),
+    );
+    let used = clients.garret(&store_a, &["use", "team"]);
+    check("garret use", used);
+    let conf_path = tmp.path().join("conf/nix.conf");
+    let nix_conf = std::fs::read_to_string(&conf_path).unwrap_or_default();
+    assert!(
+        nix_conf.contains(&format!("{url}/team")),
+        "garret use wrote {nix_conf}"
+    );
+    assert!(nix_conf.contains(&team_key), "garret use wrote {nix_conf}");
+    let netrc_path = tmp.path().join("conf/netrc");
+    let netrc = std::fs::read_to_string(&netrc_path).unwrap_or_default();
+    assert!(
+        netrc.contains(&token),
+        "garret use wrote no netrc entry: {netrc:?}"
+    );
+    // Later checks name their substituter, key and token explicitly (Nix reads
+    // $NIX_CONF_DIR/netrc by default, so it goes too, or "anonymous" would not be).
+    std::fs::write(&conf_path, NIX_CONF).expect("reset nix.conf");
+    std::fs::remove_file(&netrc_path).expect("remove netrc");
+
+    // Plain Nix pushes too (`nix copy --to`), into the public cache.
+    let netrc_ci = tmp.path().join("netrc-ci");
+    std::fs::write(&netrc_ci, secret_text(&ci, "netrc")).expect("netrc");
+    let netrc_ci_s = netrc_ci.to_string_lossy().into_owned();
+    clients.ok(
+        "nix",
+        &[
+            "copy",
+            "--store",
+            &store_a,
+            "--to",
+            &format!("{url}/oss?compression=zstd"),
+            "--option",
+            "netrc-file",
+            &netrc_ci_s,
+            &top,
+        ],
+    );
+
+    // 5. Real Nix substitutes, checking signatures with the key the status shows.
+    let netrc_reader = tmp.path().join("netrc-reader");
+    std::fs::write(&netrc_reader, secret_text(&reader, "netrc")).expect("netrc");
+    let got = clients.substitute(
+        &clients.store("b"),
+        &top,
+        &format!("{url}/team"),
+        &team_key,
+        Some(&netrc_reader),
+    );
+    check("substitute team with the reader token", got);
+    let anon = clients.substitute(
+        &clients.store("c"),
+        &top,
+        &format!("{url}/oss"),
+        &oss_key,
+        None,
+    );
+    check("anonymous substitute from the public cache", anon);
+    let denied = clients.substitute(
+        &clients.store("d"),
+        &top,
+        &format!("{url}/team"),
+        &team_key,
+        None,
+    );
+    assert!(
+        !denied.status.success(),
+        "anonymous pull of the private cache must fail"
+    );
+    assert_eq!(
+        clients.http_status(&format!("{url}/team/nix-cache-info")),
+        "401"
+    );
+    // The reader cannot push.
+    let store_r = clients.store("r");
+    let other = clients.build_two(&store_r, &nonce());
+    check(
+        "garret login (reader)",
+        clients.garret(
+            &store_r,
+            &[
+                "login",
+                "main",
+                &format!("{url}/"),
+                &secret_text(&reader, "token"),
+            ],
+        ),
+    );
+    let push = clients.garret(&store_r, &["push", "team", &other]);
+    assert!(!push.status.success(), "the reader token must not push");
+
+    // 6. An Ingress without the operator's annotations (nginx's default 1 MiB body limit):
+    // the push fails with the client naming the proxy's 413. Clients follow the endpoint the
+    // server advertises, so the proxy in front of it is the one that changes.
+    drop(proxy);
+    let _default_proxy = clients.nginx(&upstream.addr, None);
+    let wait_proxy = || async {
+        Ok((clients.http_status(&format!("{url}/oss/nix-cache-info")) == "200").then_some(()))
+    };
+    wait_for(T, "the default-limits proxy up", wait_proxy)
+        .await
+        .expect("proxy");
+    check(
+        "garret login (ci)",
+        clients.garret(&store_r, &["login", "main", &format!("{url}/"), &token]),
+    );
+    let push = clients.garret(&store_r, &["push", "team", &other]);
+    assert!(
+        !push.status.success(),
+        "a 3 MB NAR must not pass a 1 MiB proxy limit"
+    );
+    let err = String::from_utf8_lossy(&push.stderr);
+    assert!(
+        err.contains("413") && err.contains("client_max_body_size"),
+        "the client names the proxy's 413 and the setting: {err}"
+    );
+    drop(_default_proxy);
+    let _proxy = clients.nginx(&upstream.addr, Some(&ann));
+    wait_for(T, "the annotated proxy up again", wait_proxy)
+        .await
+        .expect("proxy");
+    check(
+        "push through the raised limit",
+        clients.garret(&store_r, &["push", "team", &other]),
+    );
+
+    let narinfo = |path: &str| {
+        let hash = Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('-').next())
+            .expect("store path hash")
+            .to_string();
+        format!("{url}/oss/{hash}.narinfo")
+    };
+    let served = narinfo(&top);
+
+    // 7. Delete the garretd pod: the replacement (same volume) serves the same paths.
+    let before = ready_pods(&kube, &ns, "main").await;
+    assert_eq!(before.len(), 1, "one garretd pod: {before:?}");
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    pods.delete(&before[0], &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    wait_for(T, "a replacement garretd pod Ready", || async {
+        let now = ready_pods(&kube, &ns, "main").await;
+        Ok((now.len() == 1 && now != before).then_some(()))
+    })
+    .await
+    .expect("replacement pod");
+    upstream.refresh();
+    wait_for(
+        T,
+        "the path served again after the pod was replaced",
+        || async { Ok((clients.http_status(&served) == "200").then_some(())) },
+    )
+    .await
+    .expect("served after pod replacement");
+
+    // 8. A start-time setting changes: a rolling update, and the cache keeps its data.
+    let bcs: Api<garret_operator::BinaryCache> = Api::namespaced(kube.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), &ns);
+    let gen0 = deployments
+        .get("main")
+        .await
+        .expect("deployment")
+        .metadata
+        .generation;
+    bcs.patch(
+        "main",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"garbageCollection": {"interval": "6 hours"}}})),
+    )
+    .await
+    .expect("patch BinaryCache");
+    wait_for(
+        T,
+        "the Deployment rolled out with the new setting",
+        || async {
+            let d = deployments.get("main").await?;
+            Ok(
+                (d.metadata.generation != gen0 && deployment_rolled_out(&kube, &ns, "main").await)
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .expect("rollout");
+    upstream.refresh();
+    wait_for(T, "the path served after the rolling update", || async {
+        Ok((clients.http_status(&served) == "200").then_some(()))
+    })
+    .await
+    .expect("served after rollout");
+
+    // 9. Delete the BinaryCache (reclaimPolicy Retain) and re-create it: same keys, same data.
+    bcs.delete("main", &DeleteParams::default())
+        .await
+        .expect("delete BinaryCache");
+    wait_for(T, "the BinaryCache and its Deployment gone", || async {
+        Ok(
+            (bcs.get_opt("main").await?.is_none() && deployments.get_opt("main").await?.is_none())
+                .then_some(()),
+        )
+    })
+    .await
+    .expect("deleted");
+    kubectl(
+        &cluster,
+        &["apply", "-n", &ns, "-f", &cache_yaml.to_string_lossy()],
+    );
+    let again = wait_ready(&kube, &ns, "main").await;
+    // The Service was re-created with a new cluster IP: the ingress controller follows it.
+    drop(_proxy);
+    let svc = services.get("main").await.expect("Service main");
+    drop(upstream);
+    let upstream = cluster.upstream(&ns, &svc);
+    let _proxy = clients.nginx(&upstream.addr, Some(&ann));
+    let keys: Vec<_> = again.status.expect("status").caches;
+    assert!(
+        keys.iter()
+            .any(|c| c.name == "team" && c.public_key == team_key),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|c| c.name == "oss" && c.public_key == oss_key),
+        "{keys:?}"
+    );
+    wait_for(T, "the path served by the re-created cache", || async {
+        Ok((clients.http_status(&served) == "200").then_some(()))
+    })
+    .await
+    .expect("served after re-creation");
+    let fresh = clients.substitute(
+        &clients.store("e"),
+        &top,
+        &format!("{url}/oss"),
+        &oss_key,
+        None,
+    );
+    check("substitute after re-creation", fresh);
+
+    if let Cluster::External { .. } = cluster {
+        kubectl(&cluster, &["delete", "namespace", &ns, "--wait=false"]);
+    }
+}
