@@ -527,10 +527,9 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     // 1. The operator, from its chart, running in a pod under its ClusterRole only.
     let chart = repo().join("charts/garret-operator");
     let out = Command::new(cluster.helm())
-        .args(["upgrade", "--install", "garret-operator"])
+        .args(["install", "garret-operator"])
         .arg(&chart)
         .args(["--namespace", OPERATOR_NS, "--create-namespace"])
-        .args(["--set", "image.pullPolicy=IfNotPresent"])
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
         .output()

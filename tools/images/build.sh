@@ -231,6 +231,6 @@ build_image garretd "Garret: a self-hosted, Attic-compatible Nix binary cache se
 	-- --dir /etc/garret --dir /run/garret --owned-dir /var/lib/garret \
 	-- garretd garret
 build_image garret-operator "Kubernetes operator for Garret binary caches (BinaryCache, CacheToken)" \
-	/ SIGINT \
+	/ "" \
 	-- \
 	-- garret-operator

@@ -20,9 +20,13 @@ async fn main() -> anyhow::Result<()> {
         ..Settings::default()
     };
     tracing::info!(?settings, "starting garret-operator");
+    // Kubernetes stops a pod with SIGTERM; as PID 1 without a handler it would be ignored and
+    // the pod killed only after its grace period.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = controller::run(client, settings) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
     Ok(())
 }
