@@ -546,6 +546,7 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     // 2. kubectl apply -f docs/cache.yaml, then wait on conditions.
     let ns = cluster.namespace("story").await;
     let cache_yaml = repo().join("docs/cache.yaml");
+    let applied = std::time::Instant::now();
     kubectl(
         &cluster,
         &["apply", "-n", &ns, "-f", &cache_yaml.to_string_lossy()],
@@ -668,6 +669,11 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
         Some(&netrc_reader),
     );
     check("substitute team with the reader token", got);
+    // Reported, never asserted: how long a platform team waits for its first substitution.
+    eprintln!(
+        "story: kubectl apply -f docs/cache.yaml to the first Nix substitution: {:.1} s",
+        applied.elapsed().as_secs_f64()
+    );
     let anon = clients.substitute(
         &clients.store("c"),
         &top,
