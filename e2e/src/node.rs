@@ -295,6 +295,27 @@ impl Node {
         Ok(PortForward { local, relay })
     }
 
+    /// The other direction of [`Node::forward`]: a port on [`NODE_IP`] inside the node's
+    /// network namespace relayed to `host` (a service of the test on host loopback, e.g.
+    /// PostgreSQL or an S3 server), so pods reach it at the returned address. Stops with
+    /// the node.
+    pub fn expose(&self, host: SocketAddr) -> Result<SocketAddr> {
+        let listener = in_netns(self.netns_path(), move || TcpListener::bind((NODE_IP, 0)))
+            .map_err(|e| Error::io(format!("bind a relay for {host} in the node's netns"), e))?;
+        let inside = listener
+            .local_addr()
+            .map_err(|e| Error::io("local_addr", e))?;
+        let relay = Relay::spawn(listener, move || {
+            TcpStream::connect_timeout(&host, Duration::from_secs(10))
+        })
+        .map_err(|e| Error::io(format!("start the relay for {host}"), e))?;
+        self.relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(relay);
+        Ok(inside)
+    }
+
     /// The node's working directory (configs, logs, containerd state).
     pub fn dir(&self) -> &Path {
         &self.dir

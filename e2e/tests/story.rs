@@ -210,13 +210,14 @@ struct Clients<'a> {
 }
 
 impl Clients<'_> {
-    fn new<'a>(cluster: &'a Cluster, dir: &Path) -> Clients<'a> {
+    /// Clients for which `host` (an Ingress host or a Service's DNS name) is the local proxy.
+    fn new<'a>(cluster: &'a Cluster, dir: &Path, host: &str) -> Clients<'a> {
         for d in ["conf", "cache", "home", "xdg"] {
             std::fs::create_dir_all(dir.join(d)).expect("mkdir");
         }
         std::fs::write(dir.join("conf/nix.conf"), NIX_CONF).expect("nix.conf");
         let hosts = dir.join("hosts");
-        std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.1 {HOST}\n")).expect("hosts");
+        std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.1 {host}\n")).expect("hosts");
         Clients {
             cluster,
             dir: dir.to_path_buf(),
@@ -367,7 +368,7 @@ impl Clients<'_> {
             }
         }
         let servers = format!(
-            "server {{ listen 127.0.0.1:80; server_name {HOST};
+            "server {{ listen 127.0.0.1:80;
                location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1;
                  proxy_set_header Host $host; {directives}}} }}\n"
         );
@@ -514,34 +515,46 @@ async fn deployment_rolled_out(kube: &Client, ns: &str, name: &str) -> bool {
         && st.replicas == Some(want)
 }
 
+static CLUSTER: tokio::sync::OnceCell<Cluster> = tokio::sync::OnceCell::const_new();
+
+/// The cluster with the operator installed from its chart, once per test binary: it runs
+/// in a pod under the chart's ClusterRole only.
+async fn with_operator() -> &'static Cluster {
+    CLUSTER
+        .get_or_init(|| async {
+            let cluster = Cluster::get().await;
+            let kube = cluster.client().await;
+            let chart = repo().join("charts/garret-operator");
+            let out = Command::new(cluster.helm())
+                .args(["install", "garret-operator"])
+                .arg(&chart)
+                .args(["--namespace", OPERATOR_NS, "--create-namespace"])
+                .arg("--kubeconfig")
+                .arg(cluster.kubeconfig())
+                .output()
+                .expect("helm");
+            check("helm install", out);
+            wait_for(T, "operator Deployment available", || async {
+                Ok(deployment_rolled_out(&kube, OPERATOR_NS, "garret-operator")
+                    .await
+                    .then_some(()))
+            })
+            .await
+            .expect("operator running");
+            cluster
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
-    let cluster = Cluster::get().await;
+    let cluster = with_operator().await;
     let kube = cluster.client().await;
     let tmp = tempfile::Builder::new()
         .prefix("garret-story-")
         .tempdir()
         .expect("tempdir");
-    let clients = Clients::new(&cluster, tmp.path());
-
-    // 1. The operator, from its chart, running in a pod under its ClusterRole only.
-    let chart = repo().join("charts/garret-operator");
-    let out = Command::new(cluster.helm())
-        .args(["install", "garret-operator"])
-        .arg(&chart)
-        .args(["--namespace", OPERATOR_NS, "--create-namespace"])
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .output()
-        .expect("helm");
-    check("helm install", out);
-    wait_for(T, "operator Deployment available", || async {
-        Ok(deployment_rolled_out(&kube, OPERATOR_NS, "garret-operator")
-            .await
-            .then_some(()))
-    })
-    .await
-    .expect("operator running");
+    let clients = Clients::new(cluster, tmp.path(), HOST);
 
     // 2. kubectl apply -f docs/cache.yaml, then wait on conditions.
     let ns = cluster.namespace("story").await;
@@ -870,4 +883,191 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     if let Cluster::External { .. } = cluster {
         kubectl(&cluster, &["delete", "namespace", &ns, "--wait=false"]);
     }
+}
+
+/// Production wiring from real pods: two garretd replicas on this machine's PostgreSQL and
+/// S3 server (Garage in CI), reached through relays on the node IP. A path pushed through
+/// one replica is served by the other, and both replicas' GC loops running against the same
+/// database and bucket keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_and_s3_serve_each_others_pushes() {
+    let cluster = with_operator().await;
+    let Cluster::Harness(node) = cluster else {
+        eprintln!("SKIPPED two_replicas_on_postgres_and_s3: needs the harness's node relays");
+        return;
+    };
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (Some(pg), Some(s3), Some(region), Some(bucket), Some(ak), Some(sk)) = (
+        var("GARRET_TEST_POSTGRES_URL"),
+        var("S3_ENDPOINT"),
+        var("S3_REGION"),
+        var("S3_BUCKET"),
+        var("S3_ACCESS_KEY"),
+        var("S3_SECRET_KEY"),
+    ) else {
+        let why = "GARRET_TEST_POSTGRES_URL and S3_* unset: .ci/run starts PostgreSQL and Garage";
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("SKIPPED two_replicas_on_postgres_and_s3: {why}");
+        return;
+    };
+    let host_port = |url: &str| -> std::net::SocketAddr {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let hp = rest.split('/').next().unwrap_or(rest);
+        hp.parse().unwrap_or_else(|e| panic!("{hp}: {e}"))
+    };
+    let pg_in = node.expose(host_port(&pg)).expect("relay to PostgreSQL");
+    let s3_in = node.expose(host_port(&s3)).expect("relay to S3");
+    let db = format!("story_ha_{}", nonce());
+    check(
+        "create database",
+        Command::new("psql")
+            .arg(format!("{pg}/postgres"))
+            .args([
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("CREATE DATABASE {db}"),
+            ])
+            .output()
+            .expect("psql"),
+    );
+    let creds = pg
+        .split_once("://")
+        .and_then(|(_, r)| r.rsplit_once('@'))
+        .map(|(c, _)| c)
+        .expect("credentials in GARRET_TEST_POSTGRES_URL");
+
+    let kube = cluster.client().await;
+    let ns = cluster.namespace("ha").await;
+    let tmp = tempfile::Builder::new()
+        .prefix("garret-story-ha-")
+        .tempdir()
+        .expect("tempdir");
+    let svc_host = format!("ha.{ns}.svc");
+    let clients = Clients::new(cluster, tmp.path(), &svc_host);
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: ha-db}}
+stringData: {{url: "postgresql://{creds}@{pg_in}/{db}"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: ha-s3}}
+stringData: {{AWS_ACCESS_KEY_ID: "{ak}", AWS_SECRET_ACCESS_KEY: "{sk}"}}
+---
+apiVersion: garret.dev/v1alpha1
+kind: BinaryCache
+metadata: {{name: ha}}
+spec:
+  replicas: 2
+  caches: [{{name: ha, public: true}}]
+  storage:
+    s3: {{bucket: "{bucket}", region: "{region}", endpoint: "http://{s3_in}", credentialsSecretRef: {{name: ha-s3}}}}
+  database:
+    postgres: {{name: ha-db, key: url}}
+  garbageCollection: {{interval: "2s"}}
+---
+apiVersion: garret.dev/v1alpha1
+kind: CacheToken
+metadata: {{name: ha-ci}}
+spec:
+  binaryCacheRef: {{name: ha}}
+  subject: ha-ci
+  validity: 1 day
+  permissions: {{pull: ["ha"], push: ["ha"]}}
+  secretName: ha-ci-token
+"#
+    );
+    let file = tmp.path().join("ha.yaml");
+    std::fs::write(&file, manifest).expect("ha.yaml");
+    kubectl(
+        cluster,
+        &["apply", "-n", &ns, "-f", &file.to_string_lossy()],
+    );
+    let bc = wait_ready(&kube, &ns, "ha").await;
+    let key = bc
+        .status
+        .and_then(|s| s.caches.into_iter().find(|c| c.name == "ha"))
+        .map(|c| c.public_key)
+        .expect("the status shows the cache's key");
+    let names = wait_for(T, "two Ready garretd pods", || async {
+        let ready = ready_pods(&kube, &ns, "ha").await;
+        Ok((ready.len() == 2).then_some(ready))
+    })
+    .await
+    .expect("two replicas");
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    let mut ips = Vec::new();
+    for name in &names {
+        let pod = pods.get(name).await.expect("pod");
+        ips.push(pod.status.and_then(|s| s.pod_ip).expect("pod IP"));
+    }
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
+    let token = wait_for(T, "Secret ha-ci-token", || async {
+        Ok(secrets.get_opt("ha-ci-token").await?)
+    })
+    .await
+    .map(|s| secret_text(&s, "token"))
+    .expect("token");
+
+    // Push through replica 0 only: the client follows the advertised endpoint, which the
+    // proxy sends to that one pod.
+    let proxy = clients.nginx(&format!("{}:8080", ips[0]), None);
+    let url = format!("http://{svc_host}");
+    wait_for(T, "replica 0 through the proxy", || async {
+        Ok((clients.http_status(&format!("{url}/ha/nix-cache-info")) == "200").then_some(()))
+    })
+    .await
+    .expect("proxy");
+    let store = clients.store("a");
+    let top = clients.build_two(&store, &nonce());
+    check(
+        "garret login",
+        clients.garret(&store, &["login", "ha", &format!("{url}/"), &token]),
+    );
+    check(
+        "garret push via replica 0",
+        clients.garret(&store, &["push", "ha", &top]),
+    );
+    drop(proxy);
+
+    // Replica 1 serves it, and keeps serving it while both replicas' GC loops run.
+    let hash = Path::new(&top)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').next())
+        .expect("hash")
+        .to_string();
+    let gc_runs = |ip: &str| -> u64 {
+        let out = clients.run("curl", &["-s", &format!("http://{ip}:8080/metrics")]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("garret_gc_runs"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let (start0, start1) = (gc_runs(&ips[0]), gc_runs(&ips[1]));
+    wait_for(T, "three GC runs in each replica", || async {
+        Ok((gc_runs(&ips[0]) >= start0 + 3 && gc_runs(&ips[1]) >= start1 + 3).then_some(()))
+    })
+    .await
+    .expect("GC runs in both replicas");
+    for ip in &ips {
+        let status = clients.http_status(&format!("http://{ip}:8080/ha/{hash}.narinfo"));
+        assert_eq!(
+            status, "200",
+            "replica {ip} serves the pushed path after GC"
+        );
+    }
+    let got = clients.substitute(
+        &clients.store("b"),
+        &top,
+        &format!("http://{}:8080/ha", ips[1]),
+        &key,
+        None,
+    );
+    check("substitute from replica 1", got);
 }
