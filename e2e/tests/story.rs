@@ -32,37 +32,16 @@ const T: Duration = Duration::from_secs(180);
 const HOST: &str = "cache.garret.test";
 const OPERATOR_NS: &str = "garret-system";
 
-const NIX_CONF: &str = "\
-build-users-group =
-sandbox = false
-substituters =
-trusted-public-keys =
-require-sigs = true
-experimental-features = nix-command
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0
-download-attempts = 1
-stalled-download-timeout = 30
-fsync-metadata = false
-gc-reserved-space = 0
-extra-sandbox-paths = /bin /usr /lib /lib64?
-";
-
-/// Two derivations, `top` referencing `dep`, with a 3 MB file so the push passes the
-/// default 1 MiB proxy limit only when the limit is raised.
-const TWO_NIX: &str = r#"{ nonce }:
-let
-  dep = derivation {
-    name = "dep-${nonce}"; system = builtins.currentSystem;
-    builder = "/bin/sh"; PATH = "/usr/bin:/bin";
-    args = [ "-c" "echo dependency ${nonce} > $out" ];
-  };
-in derivation {
-  name = "top-${nonce}"; system = builtins.currentSystem;
-  builder = "/bin/sh"; PATH = "/usr/bin:/bin";
-  args = [ "-c" "mkdir $out; echo ${dep} > $out/ref; echo top > $out/data; head -c 3000000 /dev/urandom > $out/blob" ];
-}
-"#;
+// Nix's hermetic client configuration and the two-derivation closure (with a 3 MB file, so
+// a push passes nginx's default 1 MiB body limit only when it is raised) are the server
+// tests' own.
+#[path = "../../server/garretd/tests/common/nix.rs"]
+#[allow(dead_code)]
+mod nix;
+#[path = "../../server/garretd/tests/common/skip.rs"]
+#[allow(dead_code)]
+mod skip;
+use nix::{NIX_CONF, TWO_NIX};
 
 /// Where the scenario runs: what differs between the harness's node and another cluster.
 enum Cluster {
