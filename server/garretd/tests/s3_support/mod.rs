@@ -59,7 +59,7 @@ pub fn storage_toml(cfg: &S3Config) -> String {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/garage.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ci/garage.sh")
 }
 
 /// A server of its own, started by `.ci/garage.sh` in a temporary directory on free ports,
