@@ -36,6 +36,9 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub gc_runs: Counter,
     pub gc_bytes_freed: Counter,
+    pub gc_temp_files_swept: Counter,
+    pub http_connections_open: Gauge,
+    pub http_accept_errors: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +127,24 @@ impl Metrics {
                 &mut r,
                 "gc_bytes_freed",
                 "Compressed bytes of the chunks garbage collection deleted",
+                Counter::default(),
+            ),
+            gc_temp_files_swept: add(
+                &mut r,
+                "gc_temp_files_swept",
+                "Temporary files of interrupted uploads garbage collection removed",
+                Counter::default(),
+            ),
+            http_connections_open: add(
+                &mut r,
+                "http_connections_open",
+                "Client connections being served",
+                Gauge::default(),
+            ),
+            http_accept_errors: add(
+                &mut r,
+                "http_accept_errors",
+                "Failed accepts on the listener (e.g. out of file descriptors)",
                 Counter::default(),
             ),
             registry: r,

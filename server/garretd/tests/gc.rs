@@ -436,3 +436,43 @@ async fn uploads_racing_gc_end_intact() {
         );
     }
 }
+
+/// A temporary file an interrupted upload left in `.incoming` (older than the hour every
+/// sweep waits) goes with the server's next periodic GC run, without a restart; a fresh
+/// one, as an upload in progress would own, stays.
+#[tokio::test]
+async fn gc_sweeps_stale_temporary_files_and_keeps_fresh_ones() {
+    let g = Garretd::start_with(
+        Some("[garbage-collection]\ninterval = \"1s\"\norphan-grace-period = 0\n"),
+        &[],
+    );
+    let incoming = g.data_dir.join("storage").join(".incoming");
+    let stale = incoming.join("interrupted.tmp");
+    let fresh = incoming.join("in-progress.tmp");
+    std::fs::write(&stale, b"left by kill -9").unwrap();
+    std::fs::write(&fresh, b"still being written").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let api = g.client();
+    // Poll the server's own count: the run that removed the file has reported it.
+    let mut swept = false;
+    for _ in 0..600 {
+        let metrics = api.get("metrics", None).await.text().await.unwrap();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("garret_gc_temp_files_swept_total 1"))
+        {
+            swept = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(swept, "a GC run reported sweeping one temporary file");
+    assert!(!stale.exists(), "the stale temporary file was swept");
+    assert!(fresh.exists(), "the fresh temporary file was kept");
+}

@@ -144,6 +144,13 @@ impl Storage for LocalStorage {
         }
     }
 
+    async fn sweep_temporary(&self) -> usize {
+        let incoming = self.incoming.clone();
+        tokio::task::spawn_blocking(move || sweep_stale(&incoming, SystemTime::now(), STALE_TEMP))
+            .await
+            .unwrap_or(0)
+    }
+
     async fn check(&self) -> StorageResult<()> {
         let probe = self.incoming.join(".ready-probe");
         tokio::fs::write(&probe, b"ok")

@@ -43,6 +43,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> StorageResult<()>;
     /// Readiness: is the backend reachable and writable?
     async fn check(&self) -> StorageResult<()>;
+    /// Removes temporary files an interrupted write left behind, only those old enough
+    /// that no write in progress can own them; returns how many. Backends whose writes
+    /// leave nothing behind keep the default.
+    async fn sweep_temporary(&self) -> usize {
+        0
+    }
 }
 
 pub type DynStorage = Arc<dyn Storage>;

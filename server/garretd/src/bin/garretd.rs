@@ -171,8 +171,8 @@ fn main() -> anyhow::Result<()> {
             };
             let r = garretd::server::gc_once(&cfg, stop).await?;
             println!(
-                "expired {} objects, deleted {} NARs and {} chunks, freed {} bytes",
-                r.objects_expired, r.nars_deleted, r.chunks_deleted, r.bytes_freed
+                "expired {} objects, deleted {} NARs and {} chunks, freed {} bytes, removed {} stale temporary files",
+                r.objects_expired, r.nars_deleted, r.chunks_deleted, r.bytes_freed, r.temp_files_swept
             );
             Ok(())
         }),

@@ -39,6 +39,8 @@ pub struct GcReport {
     /// Compressed bytes of the chunks deleted with their packs. A dead chunk whose pack
     /// still held live ones is forgotten without counting: its bytes leave with the pack.
     pub bytes_freed: u64,
+    /// Temporary files left by interrupted uploads (older than the storage's age rule).
+    pub temp_files_swept: u64,
 }
 
 /// Where a run may be told to stop early, to prove that the next run finishes the job.
@@ -203,9 +205,11 @@ pub async fn run_once(
         }
     }
     report.packs_compacted = compact(db, storage).await;
+    report.temp_files_swept = storage.sweep_temporary().await as u64;
     let m = &crate::metrics::METRICS;
     m.gc_runs.inc();
     m.gc_bytes_freed.inc_by(report.bytes_freed);
+    m.gc_temp_files_swept.inc_by(report.temp_files_swept);
     tracing::info!(?report, "garbage collection finished");
     Ok(report)
 }
