@@ -6,6 +6,7 @@
 //! tested in isolation from the rest of the crate.
 
 pub mod base32;
+pub mod fields;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;
@@ -36,6 +37,9 @@ pub enum Error {
 
     #[error("invalid store path: {0}")]
     InvalidStorePath(String),
+
+    #[error("invalid field: {0}")]
+    InvalidField(String),
 
     #[error("invalid narinfo: {0}")]
     InvalidNarInfo(String),

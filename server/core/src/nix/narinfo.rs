@@ -3,9 +3,26 @@
 
 use std::fmt::Write as _;
 
+use super::fields::{has_control, validate_ca, validate_token};
 use super::hash::Sha256Hash;
 use super::store_path::{validate_base_name, StorePath};
 use super::Error;
+
+/// The keys whose values are kept (and may be served again).
+const KNOWN_KEYS: &[&str] = &[
+    "StorePath",
+    "URL",
+    "Compression",
+    "FileHash",
+    "FileSize",
+    "NarHash",
+    "NarSize",
+    "References",
+    "Deriver",
+    "Sig",
+    "CA",
+    "System",
+];
 
 /// Value Nix writes when the deriver is not known.
 const UNKNOWN_DERIVER: &str = "unknown-deriver";
@@ -130,6 +147,11 @@ impl Fields {
     /// One `Key: value` line: later duplicates win, `Sig` accumulates, unknown keys are
     /// ignored.
     fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        // A value is one line; a stray '\r' (or any control character) in a field we keep
+        // could end up in a served narinfo as a line break of its own.
+        if KNOWN_KEYS.contains(&key) && has_control(value) {
+            return Err(bad(format!("{key} contains a control character")));
+        }
         match key {
             "StorePath" => {
                 StorePath::parse(value)?;
@@ -161,9 +183,20 @@ impl Fields {
                     self.deriver = Some(value.to_owned());
                 }
             }
-            "Sig" => self.sigs.push(value.to_owned()),
-            "CA" => self.ca = (!value.is_empty()).then(|| value.to_owned()),
-            "System" => self.system = Some(value.to_owned()),
+            "Sig" => {
+                validate_token("Sig", value)?;
+                self.sigs.push(value.to_owned());
+            }
+            "CA" => {
+                if !value.is_empty() {
+                    validate_ca(value)?;
+                }
+                self.ca = (!value.is_empty()).then(|| value.to_owned());
+            }
+            "System" => {
+                validate_token("System", value)?;
+                self.system = Some(value.to_owned());
+            }
             _ => {}
         }
         Ok(())
@@ -338,7 +371,7 @@ CA: fixed:r:sha256:0059v5kg2s39n3s7fchn4vpdqgzwdmpgx5nwyjsn1q67g9a81i1f
         assert_eq!(NarInfo::parse(&n.render()).unwrap(), n);
         let mut m = n.clone();
         m.system = Some("x86_64-linux".into());
-        m.ca = Some("fixed:r:sha256:abc".into());
+        m.ca = Some(format!("fixed:r:sha256:{NIX32}"));
         m.file_size = Some(1);
         assert_eq!(NarInfo::parse(&m.render()).unwrap(), m);
     }
@@ -405,6 +438,15 @@ CA: fixed:r:sha256:0059v5kg2s39n3s7fchn4vpdqgzwdmpgx5nwyjsn1q67g9a81i1f
             good.replace("URL: a", "URL"),
             format!("{good}References:\n"),
             format!("{good}\n"),
+            // content addresses and signatures outside Nix's grammar, control characters
+            format!("{good}CA: fixed:r:sha256:abc\n"),
+            format!("{good}CA: fixed:r:sha256:{NIX32}\r\n"),
+            format!("{good}CA: fixed:r:sha256:{NIX32} URL: x\n"),
+            format!("{good}Sig: a:1 b:2\n"),
+            format!("{good}Sig: \n"),
+            format!("{good}System: x86_64-linux\r\n"),
+            good.replace("URL: a", "URL: a\r"),
+            good.replace("NarSize: 9", "Compression: xz\rNarSize: 9"),
         ];
         for (i, text) in cases.iter().enumerate() {
             assert!(NarInfo::parse(text).is_err(), "case {i} accepted: {text:?}");

@@ -153,14 +153,7 @@ impl StorePath {
         if dir.is_empty() {
             return Err(bad("store directory is empty"));
         }
-        for component in dir[1..].split('/') {
-            match component {
-                "" => return Err(bad("empty path component")),
-                "." | ".." => return Err(bad("'.' or '..' path component")),
-                c if c.contains('\0') => return Err(bad("NUL in store directory")),
-                _ => {}
-            }
-        }
+        super::fields::validate_store_dir(dir)?;
         let (hash, _) = split_base_name(&full[slash + 1..])?;
         Ok(Self {
             full: full.to_owned(),
@@ -341,6 +334,9 @@ mod tests {
             format!("/{HASH}-hello"),
             format!("/nix/store/{HASH}-hello/bin"),
             format!("/nix/store/{HASH}"),
+            format!("/nix/store\nURL: x/{HASH}-hello"),
+            format!("/nix/st\rore/{HASH}-hello"),
+            format!("/nix/st ore/{HASH}-hello"),
             "/".to_string(),
             String::new(),
         ] {
