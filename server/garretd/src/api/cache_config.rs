@@ -11,6 +11,7 @@ use super::extract::{parse_cache, parse_json};
 use super::state::SharedState;
 use crate::db::{CachePatch, NewCache};
 use crate::error::{ServerError, ServerResult};
+use garret_core::nix::fields::validate_store_dir;
 use garret_core::nix::signing::Keypair;
 use garret_core::wire::{CacheConfig, CreateCacheRequest, KeypairConfig, RetentionPeriodConfig};
 
@@ -49,11 +50,14 @@ fn keypair_for(name: &str, k: &KeypairConfig) -> ServerResult<String> {
     Ok(kp.to_canonical_string())
 }
 
+/// The store dir is served verbatim in `nix-cache-info` and is the prefix of every store
+/// path the cache accepts: a clean absolute path on one line.
 fn check_store_dir(dir: &str) -> ServerResult<()> {
-    if !dir.starts_with('/') || dir.len() > 1024 || dir.split('/').any(|p| p == "..") {
-        return Err(ServerError::request("store_dir must be an absolute path"));
-    }
-    Ok(())
+    validate_store_dir(dir).map_err(|e| {
+        ServerError::request(format!(
+            "store_dir must be a clean absolute path without whitespace: {e}"
+        ))
+    })
 }
 
 pub async fn create_cache(

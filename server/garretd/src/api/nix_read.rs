@@ -10,8 +10,10 @@ use super::extract::{parse_cache, parse_file};
 use super::state::{CacheEntry, SharedState};
 use crate::db::ObjectRow;
 use crate::error::{ServerError, ServerResult};
+use garret_core::nix::fields::{validate_ca, validate_store_dir, validate_token};
 use garret_core::nix::narinfo::NarInfo;
 use garret_core::nix::signing::fingerprint;
+use garret_core::nix::store_path::{validate_base_name, StorePath};
 use garret_core::nix::Sha256Hash;
 
 fn with_visibility(mut resp: Response, cache: &CacheEntry) -> Response {
@@ -31,6 +33,13 @@ pub async fn nix_cache_info(
 ) -> ServerResult<Response> {
     let name = parse_cache(&cache)?;
     let c = authorize(&state, &caller, name.as_str(), |p| p.pull).await?;
+    // Defence in depth: a row written before store dirs were validated must not add lines.
+    if validate_store_dir(&c.row.store_dir).is_err() {
+        return Err(ServerError::internal(anyhow::anyhow!(
+            "cache {name} has an invalid store_dir {:?}; refusing to serve nix-cache-info",
+            c.row.store_dir
+        )));
+    }
     let body = format!(
         "WantMassQuery: 1\nStoreDir: {}\nPriority: {}\n",
         c.row.store_dir, c.row.priority
@@ -70,7 +79,47 @@ pub async fn narinfo(
 }
 
 /// The narinfo of an object, signed with the cache's key (pushers never hold the key).
+///
+/// Defence in depth against rows stored before their fields were validated: a path whose
+/// store path, references or compression could break the `Key: value` format is not served
+/// at all; a bad deriver, signature or content address is left out.
 pub fn render_narinfo(cache: &CacheEntry, obj: &ObjectRow) -> ServerResult<String> {
+    let refuse = |what: &str| {
+        ServerError::internal(anyhow::anyhow!(
+            "object {} has an invalid {what}; refusing to serve its narinfo",
+            obj.id
+        ))
+    };
+    if StorePath::parse(&obj.store_path).is_err() {
+        return Err(refuse("store path"));
+    }
+    if obj
+        .references
+        .iter()
+        .any(|r| validate_base_name(r).is_err())
+    {
+        return Err(refuse("reference"));
+    }
+    if validate_token("compression", &obj.compression).is_err() {
+        return Err(refuse("compression"));
+    }
+    let skip_bad = |what: &str, ok: bool| {
+        if !ok {
+            tracing::warn!(
+                object = obj.id,
+                "leaving an invalid {what} out of a narinfo"
+            );
+        }
+        ok
+    };
+    let deriver = obj
+        .deriver
+        .clone()
+        .filter(|d| skip_bad("deriver", validate_base_name(d).is_ok()));
+    let ca = obj
+        .ca
+        .clone()
+        .filter(|ca| ca.is_empty() || skip_bad("content address", validate_ca(ca).is_ok()));
     let nar_hash = Sha256Hash::parse_attic(&obj.nar_hash).map_err(ServerError::internal)?;
     let nar_size = obj.nar_size as u64;
     let fp = fingerprint(&obj.store_path, &nar_hash, nar_size, &obj.references)
@@ -84,9 +133,9 @@ pub fn render_narinfo(cache: &CacheEntry, obj: &ObjectRow) -> ServerResult<Strin
         nar_hash,
         nar_size,
         references: obj.references.clone(),
-        deriver: obj.deriver.clone(),
+        deriver,
         sigs: vec![cache.keypair.sign(&fp)],
-        ca: obj.ca.clone(),
+        ca,
         system: None,
     };
     Ok(info.render())

@@ -12,6 +12,7 @@ use super::state::SharedState;
 use crate::db::{NewObject, PathMeta};
 use crate::error::{ServerError, ServerResult};
 use crate::store::{NarClaim, UploadOutcome};
+use garret_core::nix::fields::{validate_ca, validate_token};
 use garret_core::nix::store_path::{validate_base_name, StorePath, StorePathHash};
 use garret_core::nix::Sha256Hash;
 use garret_core::wire::{
@@ -136,6 +137,15 @@ fn validate(info: &UploadPathNarInfo) -> ServerResult<(StorePath, NarClaim)> {
     if let Some(d) = &info.deriver {
         validate_base_name(d).map_err(|e| bad("deriver", &e))?;
     }
+    for s in &info.sigs {
+        validate_token("signature", s).map_err(|e| bad("sigs", &e))?;
+    }
+    if let Some(s) = &info.system {
+        validate_token("system", s).map_err(|e| bad("system", &e))?;
+    }
+    if let Some(ca) = info.ca.as_deref().filter(|ca| !ca.is_empty()) {
+        validate_ca(ca).map_err(|e| bad("ca", &e))?;
+    }
     let nar_hash = Sha256Hash::parse_attic(&info.nar_hash).map_err(|e| bad("nar_hash", &e))?;
     if info.nar_size == 0 {
         return Err(ServerError::request("nar_size must not be zero"));
@@ -173,6 +183,12 @@ async fn receive(
     let name = parse_cache(&info.cache)?;
     let (path, claim) = validate(&info)?;
     let c = authorize(state, caller, name.as_str(), |p| p.push).await?;
+    if path.store_dir() != c.row.store_dir {
+        return Err(ServerError::request(format!(
+            "store_path is not in this cache's store directory {}",
+            c.row.store_dir
+        )));
+    }
     let obj = NewObject::new(c.row.id, &path, PathMeta::from(&info), caller.subject());
     let outcome = state.store.ingest(obj, claim, stream).await?;
     state

@@ -358,6 +358,8 @@ impl Config {
             if !names.insert(c.name.as_str()) {
                 bail!("cache {:?} is declared twice", c.name);
             }
+            garret_core::nix::fields::validate_store_dir(&c.store_dir)
+                .with_context(|| format!("cache {:?}: invalid store-dir", c.name))?;
             if c.signing_key_file.is_some() && c.signing_key_env.is_some() {
                 bail!(
                     "cache {:?}: set signing-key-file or signing-key-env, not both",
