@@ -86,6 +86,16 @@ impl Database {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// Whether the cache with this id still exists and is not deleted.
+    pub async fn cache_is_live(&self, id: i64) -> DbResult<bool> {
+        let row = sqlx::query("SELECT id FROM caches WHERE id = $1 AND deleted_at IS NULL")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("checking a cache")?;
+        Ok(row.is_some())
+    }
+
     /// Whether a live cache exists and came from configuration: `(id, declared)`.
     pub async fn cache_origin(&self, name: &str) -> DbResult<Option<(CacheRow, bool)>> {
         let row = sqlx::query(&format!(

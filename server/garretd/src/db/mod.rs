@@ -38,6 +38,16 @@ impl DbError {
     pub fn is_unique_violation(&self) -> bool {
         matches!(&self.source, sqlx::Error::Database(d) if d.is_unique_violation())
     }
+
+    /// A row this statement refers to is gone (SQLite "FOREIGN KEY constraint failed",
+    /// PostgreSQL SQLSTATE 23503): typically a concurrent delete (cache destroyed, NAR
+    /// garbage-collected) won a race with this write.
+    pub fn is_foreign_key_violation(&self) -> bool {
+        matches!(&self.source, sqlx::Error::Database(d)
+            if d.is_foreign_key_violation()
+                || matches!(d.code().as_deref(), Some("23503" | "787"))
+                || d.message().contains("FOREIGN KEY constraint failed"))
+    }
 }
 
 pub(crate) trait Ctx<T> {

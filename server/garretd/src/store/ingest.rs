@@ -145,14 +145,60 @@ impl Store {
             if nar.nar_size as u64 != claim.nar_size {
                 return Err(ServerError::request("Bad NAR Hash or Size"));
             }
-            if self.proof_of_possession {
+            let body_read = self.proof_of_possession;
+            if body_read {
                 verify_possession(claim, body).await?;
+                return match self.db.attach_object(&obj, nar.id).await {
+                    Ok(()) => Ok(deduplicated()),
+                    Err(e) => Err(self.write_race(Some(obj.cache_id), e).await),
+                };
             }
-            self.db.attach_object(&obj, nar.id).await?;
-            crate::metrics::METRICS.nars_deduplicated.inc();
-            return Ok(UploadOutcome::Deduplicated);
+            match self.db.attach_object(&obj, nar.id).await {
+                Ok(()) => return Ok(deduplicated()),
+                // The NAR was garbage-collected between the lookup and the attach: the body
+                // is still unread, so store it as a fresh upload instead.
+                Err(e) if e.is_foreign_key_violation() => {
+                    if !self.cache_is_live(obj.cache_id).await {
+                        return Err(ServerError::NoSuchCache);
+                    }
+                    tracing::info!(nar = %hash_text, "deduplication target vanished; ingesting afresh");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         self.ingest_new(obj, claim, hash_text, body).await
+    }
+
+    /// Whether the cache still exists; when that cannot even be checked, assume it does
+    /// (the caller then answers with a retryable error rather than a wrong 404).
+    async fn cache_is_live(&self, cache_id: i64) -> bool {
+        self.db.cache_is_live(cache_id).await.unwrap_or(true)
+    }
+
+    /// The answer for a failed write. A foreign-key violation means a concurrent delete
+    /// won: the cache was destroyed (404 `NoSuchCache`, as Attic answers for a missing
+    /// cache) or something the upload refers to was garbage-collected (a retryable 503;
+    /// the data was never visible, so nothing is lost).
+    pub(super) async fn write_race(
+        &self,
+        cache_id: Option<i64>,
+        e: crate::db::DbError,
+    ) -> ServerError {
+        if !e.is_foreign_key_violation() {
+            return e.into();
+        }
+        if let Some(id) = cache_id {
+            if !self.cache_is_live(id).await {
+                tracing::info!(cache_id = id, "the cache was deleted during an upload");
+                return ServerError::NoSuchCache;
+            }
+        }
+        tracing::info!(error = %e, "an upload raced with garbage collection");
+        ServerError::Unavailable(
+            "data this upload depends on was garbage-collected while it was in progress; \
+             please retry the upload"
+                .into(),
+        )
     }
 
     async fn ingest_new<S, E>(
@@ -254,7 +300,12 @@ impl Store {
             chunk_ids: results.iter().map(|r| r.id).collect(),
             pending: results.iter().filter(|r| !r.reused).map(|r| r.id).collect(),
         };
-        match self.db.commit_upload(obj, &nar).await? {
+        let committed = match self.db.commit_upload(obj, &nar).await {
+            Ok(c) => c,
+            // `pending` is still armed: dropping it discards the chunks written.
+            Err(e) => return Err(self.write_race(obj.map(|o| o.cache_id), e).await),
+        };
+        match committed {
             (CommitOutcome::Stored, id) => {
                 pending.disarm();
                 let m = &crate::metrics::METRICS;
@@ -285,6 +336,11 @@ impl Store {
             )),
         }
     }
+}
+
+fn deduplicated() -> UploadOutcome {
+    crate::metrics::METRICS.nars_deduplicated.inc();
+    UploadOutcome::Deduplicated
 }
 
 /// NAR-level dedup still reads the whole body: knowing a hash must not be enough to attach

@@ -34,9 +34,13 @@ impl Store {
         let (_, nar_id) = self.commit(None, got).await?;
         // A refused NAR stays unclaimed and unrecorded: GC removes it.
         accept()?;
-        self.db
+        if let Err(e) = self
+            .db
             .record_nix_upload(cache_id, &hash.to_typed_hex(), nar_id)
-            .await?;
+            .await
+        {
+            return Err(self.write_race(Some(cache_id), e).await);
+        }
         Ok((hash, size))
     }
 
@@ -64,7 +68,9 @@ impl Store {
                 nar_size, nar.nar_size
             )));
         }
-        self.db.attach_object(obj, nar.id).await?;
+        if let Err(e) = self.db.attach_object(obj, nar.id).await {
+            return Err(self.write_race(Some(obj.cache_id), e).await);
+        }
         self.db.forget_nix_upload(obj.cache_id, &hash_text).await?;
         Ok(())
     }
