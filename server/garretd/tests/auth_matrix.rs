@@ -287,3 +287,91 @@ async fn malformed_tokens_and_algorithms_never_verify() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// A server with a known HS256 secret (and the given extra `[jwt]` lines), so tests can
+/// mint tokens with arbitrary time claims.
+fn server_with_known_key(jwt_lines: &str) -> (Garretd, garret_core::token::SigningKey) {
+    let (key, secret) = garret_core::token::generate_hs256();
+    let config =
+        format!("[jwt]\n{jwt_lines}\n[jwt.signing]\ntoken-hs256-secret-base64 = \"{secret}\"\n");
+    (Garretd::start_with(Some(&config), &[]), key)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+fn token_with_nbf(key: &garret_core::token::SigningKey, nbf: i64) -> String {
+    let claims: garret_core::token::Claims = serde_json::from_value(serde_json::json!({
+        "sub": "early", "nbf": nbf, "exp": nbf + 3600,
+        "https://jwt.attic.rs/v1": {"caches": {"*": {"r": 1}}}
+    }))
+    .expect("claims");
+    garret_core::token::mint(&claims, key).expect("mint")
+}
+
+#[tokio::test]
+async fn not_yet_valid_token_is_accepted_once_its_nbf_passes() {
+    let (g, key) = server_with_known_key("leeway = 0");
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, "priv", false).await.status(),
+        StatusCode::OK
+    );
+    // The first request must be answered before nbf for the 401 to be meaningful; on a very
+    // slow machine try again with a later nbf.
+    let mut found = None;
+    for offset in [3, 10, 30] {
+        let nbf = unix_now() + offset;
+        let token = token_with_nbf(&key, nbf);
+        let r = api.get("priv/nix-cache-info", Some(&token)).await;
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        if unix_now() < nbf {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "before nbf: {body}");
+            assert!(body.contains("not valid yet"), "{body}");
+            found = Some(token);
+            break;
+        }
+    }
+    let token = found.expect("no request finished before its token's nbf");
+    // Poll (bounded) until nbf has passed: the early rejection must not be remembered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut last = StatusCode::UNAUTHORIZED;
+    while std::time::Instant::now() < deadline {
+        last = api.get("priv/nix-cache-info", Some(&token)).await.status();
+        if last != StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        last,
+        StatusCode::OK,
+        "the token stayed rejected after its nbf"
+    );
+}
+
+#[tokio::test]
+async fn default_leeway_accepts_tokens_from_a_slightly_fast_clock() {
+    let (g, key) = server_with_known_key("");
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, "priv", false).await.status(),
+        StatusCode::OK
+    );
+    // 20 s ahead: within the default 60 s leeway.
+    let token = token_with_nbf(&key, unix_now() + 20);
+    let r = api.get("priv/nix-cache-info", Some(&token)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Far ahead: still refused, and saying why.
+    let token = token_with_nbf(&key, unix_now() + 3600);
+    let r = api.get("priv/nix-cache-info", Some(&token)).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("not valid yet"));
+}

@@ -57,6 +57,20 @@ pub struct Verifier {
     keys: TokenKeys,
     bound_issuer: Option<String>,
     bound_audiences: Option<Vec<String>>,
+    /// Clock-skew allowance in seconds for `nbf` and `iat`.
+    leeway: i64,
+}
+
+impl Rejection {
+    /// Whether the verdict depends on the time of the check (`exp`, `nbf`, `iat`): the same
+    /// token may be accepted a moment later (or, for `exp`, after a clock correction), so
+    /// such a verdict must not be remembered.
+    pub fn is_time_dependent(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Expired | Rejection::NotYetValid | Rejection::IssuedInFuture
+        )
+    }
 }
 
 impl Verifier {
@@ -86,7 +100,21 @@ impl Verifier {
             keys,
             bound_issuer,
             bound_audiences,
+            leeway: 0,
         }
+    }
+
+    /// Allow `secs` seconds of clock skew between the token's issuer and us on the
+    /// not-before side: a token is accepted from `nbf - secs` (and `iat - secs`), so one
+    /// minted on a slightly fast clock works at once. `exp` stays exact: a token never
+    /// outlives the validity it was given. The default is no leeway.
+    pub fn with_leeway(mut self, secs: u64) -> Self {
+        self.leeway = i64::try_from(secs).unwrap_or(i64::MAX);
+        self
+    }
+
+    pub fn leeway(&self) -> u64 {
+        self.leeway.unsigned_abs()
     }
 
     /// The prepared keys, for callers that also mint.
@@ -103,7 +131,7 @@ impl Verifier {
     }
 
     /// Check `token` and return its claims. `now_unix` is the current time in seconds; time
-    /// claims are compared with no leeway.
+    /// claims are compared with the configured leeway (none by default).
     pub fn verify(&self, token: &str, now_unix: i64) -> Result<Claims, Rejection> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
@@ -165,16 +193,30 @@ impl Verifier {
         Ok(claims)
     }
 
-    fn check_claims(&self, claims: &Claims, now: i64) -> Result<(), Rejection> {
+    /// The time claims alone, at `now` (with the leeway): for re-checking claims that were
+    /// verified earlier.
+    pub fn check_time(&self, claims: &Claims, now: i64) -> Result<(), Rejection> {
+        let leeway = self.leeway;
         if claims.exp.is_some_and(|exp| exp < now) {
             return Err(Rejection::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now) {
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf.saturating_sub(leeway) > now)
+        {
             return Err(Rejection::NotYetValid);
         }
-        if claims.iat.is_some_and(|iat| iat > now) {
+        if claims
+            .iat
+            .is_some_and(|iat| iat.saturating_sub(leeway) > now)
+        {
             return Err(Rejection::IssuedInFuture);
         }
+        Ok(())
+    }
+
+    fn check_claims(&self, claims: &Claims, now: i64) -> Result<(), Rejection> {
+        self.check_time(claims, now)?;
         if let Some(expected) = &self.bound_issuer {
             if claims.iss.as_deref() != Some(expected.as_str()) {
                 return Err(Rejection::WrongIssuer);
@@ -569,6 +611,70 @@ mod tests {
             hs_verifier().verify(&token, NOW - 1),
             Err(Rejection::IssuedInFuture)
         );
+    }
+
+    #[test]
+    fn leeway_applies_to_nbf_and_iat_but_not_exp() {
+        let v = hs_verifier().with_leeway(60);
+        assert_eq!(v.leeway(), 60);
+        let mut p = payload_value();
+        p["nbf"] = json!(NOW);
+        p["iat"] = json!(NOW);
+        p["exp"] = json!(NOW + 100);
+        let token = hs_token(&p);
+        assert!(v.verify(&token, NOW - 60).is_ok(), "nbf - leeway is valid");
+        assert_eq!(v.verify(&token, NOW - 61), Err(Rejection::NotYetValid));
+        assert!(v.verify(&token, NOW + 100).is_ok(), "exp itself is valid");
+        assert_eq!(v.verify(&token, NOW + 101), Err(Rejection::Expired));
+        p["nbf"] = json!(NOW + 1000);
+        p["iat"] = json!(NOW + 30);
+        let token = hs_token(&p);
+        assert_eq!(v.verify(&token, NOW), Err(Rejection::NotYetValid));
+        p["nbf"] = json!(NOW);
+        p["iat"] = json!(NOW + 61);
+        let token = hs_token(&p);
+        assert_eq!(v.verify(&token, NOW), Err(Rejection::IssuedInFuture));
+        // Without a leeway the edges are exact.
+        assert_eq!(
+            hs_verifier().verify(&token, NOW - 1),
+            Err(Rejection::NotYetValid)
+        );
+        // Huge values saturate instead of overflowing.
+        p["exp"] = json!(i64::MAX);
+        p["nbf"] = json!(i64::MIN);
+        p["iat"] = json!(i64::MIN);
+        let token = hs_token(&p);
+        assert!(hs_verifier()
+            .with_leeway(u64::MAX)
+            .verify(&token, NOW)
+            .is_ok());
+    }
+
+    #[test]
+    fn time_rejections_are_time_dependent_the_others_are_not() {
+        let v = hs_verifier();
+        let mut p = payload_value();
+        p["nbf"] = json!(NOW + 3);
+        let token = hs_token(&p);
+        let early = v.verify(&token, NOW).unwrap_err();
+        assert_eq!(early, Rejection::NotYetValid);
+        assert!(early.is_time_dependent());
+        // The same token is fine once its nbf is reached.
+        let claims = v.verify(&token, NOW + 3).unwrap();
+        assert_eq!(v.check_time(&claims, NOW + 2), Err(Rejection::NotYetValid));
+        assert!(v.check_time(&claims, NOW + 3).is_ok());
+        assert!(Rejection::Expired.is_time_dependent());
+        assert!(Rejection::IssuedInFuture.is_time_dependent());
+        for r in [
+            Rejection::Malformed,
+            Rejection::BadSignature,
+            Rejection::WrongAlgorithm,
+            Rejection::WrongIssuer,
+            Rejection::WrongAudience,
+            Rejection::Revoked,
+        ] {
+            assert!(!r.is_time_dependent(), "{r:?}");
+        }
     }
 
     #[test]

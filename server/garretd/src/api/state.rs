@@ -42,9 +42,9 @@ const TOKEN_TTL: Duration = Duration::from_secs(60);
 impl AppState {
     pub fn new(config: Config, store: Store, verifier: Verifier) -> SharedState {
         Arc::new(AppState {
+            verifier: verifier.with_leeway(config.jwt.leeway),
             config,
             store,
-            verifier,
             revoked: Default::default(),
             tokens: Cache::builder()
                 .max_capacity(10_000)
@@ -67,17 +67,27 @@ impl AppState {
     }
 
     /// Verifies a bearer token, remembering the verdict by the token's hash (never the
-    /// token itself). Expiry is re-checked on every use.
+    /// token itself). Time claims are re-checked on every use, and a rejection that depends
+    /// on the time (not yet valid, expired, issued in the future) is never remembered: the
+    /// same token may be good a second later.
     pub fn verify_token(&self, token: &str) -> Result<Arc<Claims>, Rejection> {
-        let now = garret_core::clock::unix_now();
+        self.verify_token_at(token, garret_core::clock::unix_now())
+    }
+
+    fn verify_token_at(&self, token: &str, now: i64) -> Result<Arc<Claims>, Rejection> {
         let key = garret_core::token::token_fingerprint(token);
-        let verdict = self
-            .tokens
-            .get_with(key, || self.verifier.verify(token, now).map(Arc::new));
-        if let Ok(claims) = &verdict {
-            if claims.exp.is_some_and(|exp| exp < now) {
-                return Err(Rejection::Expired);
+        let verdict = match self.tokens.get(&key) {
+            Some(v) => v,
+            None => {
+                let v = self.verifier.verify(token, now).map(Arc::new);
+                if !matches!(&v, Err(r) if r.is_time_dependent()) {
+                    self.tokens.insert(key, v.clone());
+                }
+                v
             }
+        };
+        if let Ok(claims) = &verdict {
+            self.verifier.check_time(claims, now)?;
             if self
                 .revoked
                 .read()

@@ -227,7 +227,7 @@ impl Default for GcConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct JwtConfig {
     pub token_bound_issuer: Option<String>,
@@ -236,6 +236,27 @@ pub struct JwtConfig {
     /// re-read whenever it changes.
     pub revocation_list: Option<PathBuf>,
     pub signing: Option<JwtSigning>,
+    /// Garret: clock-skew allowance in seconds for `nbf` and `iat`, so a token minted on a
+    /// slightly fast clock works at once (60 by default, as jsonwebtoken's
+    /// `Validation::leeway`; unlike it, `exp` stays exact).
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway: u64,
+}
+
+fn default_jwt_leeway() -> u64 {
+    60
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            token_bound_issuer: None,
+            token_bound_audiences: None,
+            revocation_list: None,
+            signing: None,
+            leeway: default_jwt_leeway(),
+        }
+    }
 }
 
 #[derive(Clone, Default, Deserialize)]
