@@ -12,6 +12,7 @@ pub mod db;
 pub mod declare;
 pub mod error;
 pub mod gc;
+pub mod listener;
 pub mod metrics;
 pub mod secrets;
 pub mod server;

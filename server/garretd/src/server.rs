@@ -50,6 +50,7 @@ pub async fn serve(cfg: Config, source: ConfigSource) -> anyhow::Result<()> {
     let addr = cfg.listen_addr()?;
     let hint = first_token_hint(&cfg);
     let state = build_state(cfg).await?;
+    let app_limits = state.config.http.clone();
     spawn_gc_loop(&state);
     crate::watch::spawn(state.clone(), source);
     let app = crate::api::router(state);
@@ -62,20 +63,30 @@ pub async fn serve(cfg: Config, source: ConfigSource) -> anyhow::Result<()> {
     if let Some(hint) = hint {
         eprintln!("{hint}");
     }
+    let limits = state_limits(&app_limits);
     let signalled = Arc::new(tokio::sync::Notify::new());
     let notify = signalled.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = crate::listener::run(listener, app, limits, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         notify.notify_one();
     });
     tokio::select! {
-        res = server => res.context("serving HTTP")?,
+        () = server => {}
         _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             tracing::warn!("in-flight requests did not finish within the shutdown grace period");
         }
     }
     Ok(())
+}
+
+fn state_limits(http: &crate::config::HttpConfig) -> crate::listener::Limits {
+    crate::listener::Limits {
+        header_read_timeout: http.header_read_timeout,
+        idle_timeout: http.idle_timeout,
+        max_connections: http.max_connections,
+        max_concurrent_streams: http.max_concurrent_streams,
+    }
 }
 
 async fn shutdown_signal() {

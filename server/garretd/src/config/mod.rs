@@ -40,6 +40,9 @@ pub struct Config {
     pub compression: CompressionConfig,
     #[serde(default)]
     pub garbage_collection: GcConfig,
+    /// Garret: connection limits of the HTTP listener (`[http]`, see docs/limits.md).
+    #[serde(default)]
+    pub http: HttpConfig,
     #[serde(default)]
     pub jwt: JwtConfig,
     /// Where embedded defaults live (SQLite file, chunk folder, generated token secret).
@@ -227,6 +230,53 @@ impl Default for GcConfig {
     }
 }
 
+/// What one client may hold of the listener (docs/limits.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpConfig {
+    /// HTTP/1: a request's head (request line and headers) must arrive within this long,
+    /// counted from when the connection is ready for it, so it also ends idle keep-alive.
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "duration::serde_humantime"
+    )]
+    pub header_read_timeout: Duration,
+    /// A connection moving no bytes either way for this long is asked to close (requests
+    /// in flight finish); if it moves none for as long again it is dropped.
+    #[serde(default = "default_idle_timeout", with = "duration::serde_humantime")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2: streams (requests) in flight on one connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_concurrent_streams() -> u32 {
+    32
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct JwtConfig {
@@ -369,6 +419,17 @@ impl Config {
         }
         if c.avg_size > c.max_size {
             bail!("[chunking] avg-size must not exceed max-size");
+        }
+        let h = &self.http;
+        if h.header_read_timeout.is_zero()
+            || h.idle_timeout.is_zero()
+            || h.max_connections == 0
+            || h.max_concurrent_streams == 0
+        {
+            bail!("[http] timeouts and limits must be above zero");
+        }
+        if h.max_connections > 1 << 20 {
+            bail!("[http] max-connections is too large");
         }
         if c.max_size > 16 << 20 {
             bail!("[chunking] max-size above 16 MiB is not supported (chunks are held in memory)");
