@@ -1,6 +1,6 @@
 //! The limits a public server needs (docs/limits.md), against a real garretd: half-sent and
 //! idle connections are closed, connections beyond the cap wait instead of starving the
-//! server.
+//! server, and a caller without a valid token is refused before its body is read.
 
 mod common;
 
@@ -112,3 +112,35 @@ async fn connections_beyond_the_cap_wait_and_are_served_once_idle_ones_time_out(
     read_until_closed(&mut idle);
 }
 
+/// Declares a 16 MiB body, sends 1 KiB of it, and reads the answer without sending more.
+fn refused_before_the_body(g: &Garretd, method: &str, path: &str) -> String {
+    let mut s = connect(g);
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-valid-token\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        (16 << 20) - 1
+    );
+    let mut req = head.into_bytes();
+    req.extend(std::iter::repeat_n(b' ', 1024));
+    s.write_all(&req).unwrap();
+    // Answered although the body never finished, and then the connection is closed.
+    String::from_utf8_lossy(&read_until_closed(&mut s)).into_owned()
+}
+
+#[test]
+fn a_bad_token_is_refused_with_401_before_the_body_is_read() {
+    let g = Garretd::start();
+    let narinfo = format!("/somecache/{}.narinfo", fake_hash("p"));
+    for (method, path) in [
+        ("PUT", narinfo.as_str()),
+        ("POST", "/_api/v1/get-missing-paths"),
+        ("POST", "/_api/v1/cache-config/somecache"),
+        ("PATCH", "/_api/v1/cache-config/somecache"),
+    ] {
+        let got = refused_before_the_body(&g, method, path);
+        assert!(
+            got.starts_with("HTTP/1.1 401"),
+            "{method} {path} was refused with 401 before its body: {got}"
+        );
+    }
+}

@@ -1,13 +1,13 @@
 //! `/_api/v1/cache-config/{cache}`: read, create, reconfigure, destroy.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
 
 use super::auth::{authorize, Caller};
 use super::endpoint::{api_endpoint, substituter_endpoint};
-use super::extract::{parse_cache, parse_json};
+use super::extract::{parse_cache, parse_json, read_body, CONFIG_BODY_LIMIT};
 use super::state::SharedState;
 use crate::db::{CachePatch, NewCache};
 use crate::error::{ServerError, ServerResult};
@@ -64,7 +64,7 @@ pub async fn create_cache(
     State(state): State<SharedState>,
     caller: Caller,
     Path(cache): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ServerResult<()> {
     let name = parse_cache(&cache)?;
     let perm = caller.permission(name.as_str());
@@ -74,6 +74,7 @@ pub async fn create_cache(
     if !perm.create_cache {
         return Err(ServerError::AccessError);
     }
+    let body = read_body(body, CONFIG_BODY_LIMIT).await?;
     let req: CreateCacheRequest = parse_json(&body)?;
     check_store_dir(&req.store_dir)?;
     let created = state
@@ -101,15 +102,18 @@ pub async fn configure_cache(
     State(state): State<SharedState>,
     caller: Caller,
     Path(cache): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ServerResult<()> {
     let name = parse_cache(&cache)?;
+    // Authorized before the body is read; the retention right is checked once it is known
+    // whether the body asks for it.
+    let c = authorize(&state, &caller, name.as_str(), |p| p.configure_cache).await?;
+    let body = read_body(body, CONFIG_BODY_LIMIT).await?;
     let req: CacheConfig = parse_json(&body)?;
-    let needs_retention = req.retention_period.is_some();
-    let c = authorize(&state, &caller, name.as_str(), |p| {
-        p.configure_cache && (!needs_retention || p.configure_cache_retention)
-    })
-    .await?;
+    if req.retention_period.is_some() && !caller.permission(name.as_str()).configure_cache_retention
+    {
+        return Err(ServerError::AccessError);
+    }
     if let Some(dir) = &req.store_dir {
         check_store_dir(dir)?;
     }

@@ -2,6 +2,8 @@
 //! `<hash>.<ext>` file name, and Attic's JSON bodies. One place, so every route refuses bad
 //! input with the same status and message.
 
+use axum::body::{Body, Bytes};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ServerError, ServerResult};
@@ -26,4 +28,28 @@ pub(super) fn parse_file(file: &str, ext: &str) -> ServerResult<StorePathHash> {
 pub(super) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ServerResult<T> {
     serde_json::from_slice(body)
         .map_err(|e| ServerError::request(format!("invalid JSON body: {e}")))
+}
+
+/// Cache-config bodies are a few small fields (a keypair is under 200 bytes).
+pub(super) const CONFIG_BODY_LIMIT: usize = 64 << 10;
+
+/// Reads a request body of at most `limit` bytes; a body declared or sent past the limit is
+/// refused there, without reading the rest. Handlers call it once the caller is authorized
+/// (get-missing-paths, whose body names the cache, reads a small one first from callers
+/// without a valid token), so nobody without a right gets the server to buffer much.
+pub(super) async fn read_body(body: Body, limit: usize) -> ServerResult<Bytes> {
+    use axum::body::HttpBody as _;
+    // A declared length over the limit is refused before a byte of it is read.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ServerError::PayloadTooLarge(format!("over {limit} bytes")));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            Err(ServerError::PayloadTooLarge(format!("over {limit} bytes")))
+        }
+        Err(e) => Err(ServerError::request(format!(
+            "reading the request body failed: {e}"
+        ))),
+    }
 }

@@ -24,8 +24,9 @@ use state::SharedState;
 
 use crate::error::ServerError;
 
-/// JSON bodies (cache config, missing-paths queries) are small; NAR bodies are streamed and
-/// not subject to this limit.
+/// The ceiling for any body extracted whole. The JSON and narinfo routes read theirs after
+/// authorizing, with their own smaller limits (`extract::read_body`, docs/limits.md); NAR
+/// bodies are streamed and not subject to this limit.
 const JSON_BODY_LIMIT: usize = 16 << 20;
 
 pub fn router(state: SharedState) -> Router {

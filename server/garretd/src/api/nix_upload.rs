@@ -16,7 +16,7 @@ use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::auth::{authorize, Caller};
-use super::extract::{parse_cache, parse_file};
+use super::extract::{parse_cache, parse_file, read_body};
 use super::state::SharedState;
 use crate::db::{NewObject, PathMeta};
 use crate::error::{ServerError, ServerResult};
@@ -142,7 +142,7 @@ pub async fn put_narinfo(
     caller: Caller,
     headers: HeaderMap,
     Path((cache, file)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> ServerResult<StatusCode> {
     let name = parse_cache(&cache)?;
     if !file.ends_with(".narinfo") {
@@ -152,9 +152,13 @@ pub async fn put_narinfo(
     }
     let hash = parse_file(&file, "narinfo")?;
     let c = authorize(&state, &caller, name.as_str(), |p| p.push).await?;
-    if body.len() > state.config.max_nar_info_size {
-        return Err(ServerError::request("the narinfo is too large"));
-    }
+    // Read only now that the caller may push, and never more than a narinfo may be.
+    let body = read_body(body, state.config.max_nar_info_size)
+        .await
+        .map_err(|e| match e {
+            ServerError::PayloadTooLarge(_) => ServerError::request("the narinfo is too large"),
+            other => other,
+        })?;
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if enc.as_bytes() != b"identity" {
             return Err(ServerError::request(

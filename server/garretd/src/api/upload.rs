@@ -7,7 +7,7 @@ use axum::Json;
 use futures::{Stream, StreamExt};
 
 use super::auth::{authorize, Caller};
-use super::extract::{parse_cache, parse_json};
+use super::extract::{parse_cache, parse_json, read_body};
 use super::state::SharedState;
 use crate::db::{NewObject, PathMeta};
 use crate::error::{ServerError, ServerResult};
@@ -23,11 +23,29 @@ use garret_core::wire::{
 /// At most this many hashes per get-missing-paths call (a closure of 100k paths is huge).
 const MAX_QUERY_PATHS: usize = 100_000;
 
+/// The largest get-missing-paths body: each hash is 32 characters, quoted, with a comma;
+/// the rest (cache name, keys, whitespace) fits in 64 KiB.
+const MISSING_PATHS_BODY_LIMIT: usize = MAX_QUERY_PATHS * 40 + (64 << 10);
+
+/// What is read of a get-missing-paths body from a caller without a valid token.
+const ANONYMOUS_QUERY_LIMIT: usize = 16 << 10;
+
 pub async fn get_missing_paths(
     State(state): State<SharedState>,
     caller: Caller,
-    body: Bytes,
+    body: Body,
 ) -> ServerResult<Json<GetMissingPathsResponse>> {
+    // Pushing takes a valid token, so a caller without one is only ever refused; whether with
+    // 401 or 403 depends on the cache the body names (public or not). Such a caller gets a
+    // small body read at most; a larger one (declared or sent) is a 401 at once.
+    let limit = match caller.claims {
+        Some(_) => MISSING_PATHS_BODY_LIMIT,
+        None => ANONYMOUS_QUERY_LIMIT,
+    };
+    let body = read_body(body, limit).await.map_err(|e| match e {
+        ServerError::PayloadTooLarge(_) if caller.claims.is_none() => caller.unauthorized(),
+        other => other,
+    })?;
     let req: GetMissingPathsRequest = parse_json(&body)?;
     let name = parse_cache(&req.cache)?;
     if req.store_path_hashes.len() > MAX_QUERY_PATHS {
