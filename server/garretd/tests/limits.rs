@@ -144,3 +144,30 @@ fn a_bad_token_is_refused_with_401_before_the_body_is_read() {
         );
     }
 }
+
+/// Cleartext HTTP/2 (prior knowledge): the server's first SETTINGS frame advertises the
+/// configured stream cap, so one connection cannot open hundreds of streams.
+#[test]
+fn http2_advertises_the_configured_stream_cap() {
+    let g = Garretd::start_with(Some("[http]\nmax-concurrent-streams = 5\n"), &[]);
+    let mut s = connect(&g);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).unwrap(); // empty SETTINGS
+    let mut advertised = None;
+    while advertised.is_none() {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).unwrap();
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        if head[3] == 0x4 && head[4] & 0x1 == 0 {
+            advertised = Some(
+                payload
+                    .chunks_exact(6)
+                    .find(|e| e[..2] == [0, 0x3]) // SETTINGS_MAX_CONCURRENT_STREAMS
+                    .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]])),
+            );
+        }
+    }
+    assert_eq!(advertised, Some(Some(5)));
+}
