@@ -28,7 +28,7 @@ use serde_json::json;
 
 /// Generous: the first rollout pulls nothing but starts garretd, runs migrations and
 /// generates keys on a shared 2-core machine.
-const T: Duration = Duration::from_secs(180);
+const T: Duration = Duration::from_secs(300);
 const HOST: &str = "cache.garret.test";
 const OPERATOR_NS: &str = "garret-system";
 
@@ -186,21 +186,25 @@ struct Clients<'a> {
     cluster: &'a Cluster,
     dir: PathBuf,
     hosts: PathBuf,
+    /// Loopback address of this test's proxy (tests share the node's netns).
+    addr: &'static str,
 }
 
 impl Clients<'_> {
-    /// Clients for which `host` (an Ingress host or a Service's DNS name) is the local proxy.
-    fn new<'a>(cluster: &'a Cluster, dir: &Path, host: &str) -> Clients<'a> {
+    /// Clients for which `host` (an Ingress host or a Service's DNS name) is the local
+    /// proxy, listening on `addr`.
+    fn new<'a>(cluster: &'a Cluster, dir: &Path, host: &str, addr: &'static str) -> Clients<'a> {
         for d in ["conf", "cache", "home", "xdg"] {
             std::fs::create_dir_all(dir.join(d)).expect("mkdir");
         }
         std::fs::write(dir.join("conf/nix.conf"), NIX_CONF).expect("nix.conf");
         let hosts = dir.join("hosts");
-        std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.1 {host}\n")).expect("hosts");
+        std::fs::write(&hosts, format!("127.0.0.1 localhost\n{addr} {host}\n")).expect("hosts");
         Clients {
             cluster,
             dir: dir.to_path_buf(),
             hosts,
+            addr,
         }
     }
 
@@ -347,9 +351,10 @@ impl Clients<'_> {
             }
         }
         let servers = format!(
-            "server {{ listen 127.0.0.1:80;
+            "server {{ listen {}:80;
                location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1;
-                 proxy_set_header Host $host; {directives}}} }}\n"
+                 proxy_set_header Host $host; {directives}}} }}\n",
+            self.addr
         );
         let conf = format!(
             "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;
@@ -450,15 +455,64 @@ async fn condition_true(api: &Api<garret_operator::BinaryCache>, name: &str) -> 
 
 async fn wait_ready(kube: &Client, ns: &str, name: &str) -> garret_operator::BinaryCache {
     let api: Api<garret_operator::BinaryCache> = Api::namespaced(kube.clone(), ns);
-    wait_for(T, &format!("BinaryCache {name} Ready"), || async {
+    let ready = wait_for(T, &format!("BinaryCache {name} Ready"), || async {
         Ok(if condition_true(&api, name).await {
             api.get_opt(name).await?
         } else {
             None
         })
     })
-    .await
-    .expect("BinaryCache Ready")
+    .await;
+    match ready {
+        Ok(bc) => bc,
+        Err(e) => {
+            dump_state(kube, ns, name).await;
+            panic!("BinaryCache Ready: {e}");
+        }
+    }
+}
+
+/// What a failed wait needs to be understood: the BinaryCache's status, its pods' states
+/// and, on the harness's node, the tail of every container log of the namespace.
+async fn dump_state(kube: &Client, ns: &str, name: &str) {
+    let api: Api<garret_operator::BinaryCache> = Api::namespaced(kube.clone(), ns);
+    if let Ok(Some(bc)) = api.get_opt(name).await {
+        eprintln!("BinaryCache {name} status: {:?}", bc.status);
+    }
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), ns);
+    if let Ok(list) = pods.list(&ListParams::default()).await {
+        for p in list.items {
+            eprintln!(
+                "pod {:?}: {:?}",
+                p.metadata.name,
+                p.status.map(|s| s.container_statuses)
+            );
+        }
+    }
+    if let Some(Cluster::Harness(node)) = CLUSTER.get() {
+        let logs = node.pod_logs_dir();
+        for entry in walk(&logs) {
+            let text = std::fs::read_to_string(&entry).unwrap_or_default();
+            let start = text.len().saturating_sub(3000);
+            let tail = text.get(start..).unwrap_or(&text);
+            eprintln!("--- {}\n{tail}", entry.display());
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Names of the Ready garretd pods of BinaryCache `name`.
@@ -533,7 +587,7 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
         .prefix("garret-story-")
         .tempdir()
         .expect("tempdir");
-    let clients = Clients::new(cluster, tmp.path(), HOST);
+    let clients = Clients::new(cluster, tmp.path(), HOST, "127.0.0.1");
 
     // 2. kubectl apply -f docs/cache.yaml, then wait on conditions.
     let ns = cluster.namespace("story").await;
@@ -924,7 +978,7 @@ async fn two_replicas_on_postgres_and_s3_serve_each_others_pushes() {
         .tempdir()
         .expect("tempdir");
     let svc_host = format!("ha.{ns}.svc");
-    let clients = Clients::new(cluster, tmp.path(), &svc_host);
+    let clients = Clients::new(cluster, tmp.path(), &svc_host, "127.0.0.2");
     let manifest = format!(
         r#"apiVersion: v1
 kind: Secret
