@@ -1047,7 +1047,9 @@ spec:
 
     // Push through replica 0 only: the client follows the advertised endpoint, which the
     // proxy sends to that one pod.
-    let proxy = clients.nginx(&format!("{}:8080", ips[0]), None);
+    // This BinaryCache has no Ingress; the proxy gets the limits the operator would render.
+    let ann = garret_operator::desired::ingress::default_annotations();
+    let proxy = clients.nginx(&format!("{}:8080", ips[0]), Some(&ann));
     let url = format!("http://{svc_host}");
     wait_for(T, "replica 0 through the proxy", || async {
         Ok((clients.http_status(&format!("{url}/ha/nix-cache-info")) == "200").then_some(()))
@@ -1074,7 +1076,12 @@ spec:
         .expect("hash")
         .to_string();
     let gc_runs = |ip: &str| -> u64 {
-        let out = clients.run("curl", &["-s", &format!("http://{ip}:8080/metrics")]);
+        // Polled often: quietly, unlike `Clients::run`.
+        let out = clients
+            .cmd("curl")
+            .args(["-s", &format!("http://{ip}:8080/metrics")])
+            .output()
+            .expect("curl");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find(|l| l.starts_with("garret_gc_runs"))
