@@ -594,7 +594,7 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     let cache_yaml = repo().join("docs/cache.yaml");
     let applied = std::time::Instant::now();
     kubectl(
-        &cluster,
+        cluster,
         &["apply", "-n", &ns, "-f", &cache_yaml.to_string_lossy()],
     );
     let bc = wait_ready(&kube, &ns, "main").await;
@@ -878,7 +878,7 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     .await
     .expect("deleted");
     kubectl(
-        &cluster,
+        cluster,
         &["apply", "-n", &ns, "-f", &cache_yaml.to_string_lossy()],
     );
     let again = wait_ready(&kube, &ns, "main").await;
@@ -914,7 +914,7 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     check("substitute after re-creation", fresh);
 
     if let Cluster::External { .. } = cluster {
-        kubectl(&cluster, &["delete", "namespace", &ns, "--wait=false"]);
+        kubectl(cluster, &["delete", "namespace", &ns, "--wait=false"]);
     }
 }
 
