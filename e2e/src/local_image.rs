@@ -154,6 +154,26 @@ impl LocalImage {
             .tempdir_in(dir)
             .map_err(|e| Error::io(format!("create a work directory in {}", dir.display()), e))?;
         let work = work_dir.path();
+        let rootfs = self.build_rootfs(work)?;
+        let out = work.join("archive");
+        let blobs = out.join("blobs/sha256");
+        mkdir(&blobs)?;
+        let (layer_digest, layer_size) = write_layer(&rootfs, work, &blobs)?;
+        self.write_layout(&out, &blobs, &layer_digest, layer_size)?;
+        let built = work.join("image.tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&out)
+            .arg("-cf")
+            .arg(&built)
+            .args(["oci-layout", "index.json", "manifest.json", "blobs"]))?;
+        let archive = dir.join(format!("{safe}.tar"));
+        rename(&built, &archive)?;
+        Ok(archive)
+    }
+
+    /// The image's root filesystem, under `work`.
+    fn build_rootfs(&self, work: &Path) -> Result<PathBuf> {
         let rootfs = work.join("rootfs");
         mkdir(&rootfs)?;
         for entry in &self.entries {
@@ -162,30 +182,18 @@ impl LocalImage {
         let tmp = rootfs.join("tmp");
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))
             .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
+        Ok(rootfs)
+    }
 
-        let out = work.join("archive");
-        let blobs = out.join("blobs/sha256");
-        mkdir(&blobs)?;
-        let layer = work.join("layer.tar");
-        run(Command::new("tar")
-            .args([
-                "--sort=name",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "--mtime=@0",
-                "--format=posix",
-                "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
-                "-C",
-            ])
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&layer)
-            .arg("."))?;
-        let layer_digest = sha256_file(&layer)?;
-        let layer_size = file_len(&layer)?;
-        rename(&layer, &blobs.join(&layer_digest))?;
-
+    /// Config, manifest, index, `manifest.json` and `oci-layout` of the
+    /// archive in `out` around the layer already in `blobs`.
+    fn write_layout(
+        &self,
+        out: &Path,
+        blobs: &Path,
+        layer_digest: &str,
+        layer_size: u64,
+    ) -> Result<()> {
         let mut config = json!({ "Env": self.env });
         if !self.entrypoint.is_empty() {
             config["Entrypoint"] = json!(self.entrypoint);
@@ -200,7 +208,7 @@ impl LocalImage {
             "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
             "history": [{ "created_by": "garret-e2e" }],
         });
-        let (config_digest, config_size) = put_blob(&blobs, &config)?;
+        let (config_digest, config_size) = put_blob(blobs, &config)?;
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -215,7 +223,7 @@ impl LocalImage {
                 "size": layer_size,
             }],
         });
-        let (manifest_digest, manifest_size) = put_blob(&blobs, &manifest)?;
+        let (manifest_digest, manifest_size) = put_blob(blobs, &manifest)?;
         let tag = match self.name.rsplit_once('/').map_or(&*self.name, |(_, t)| t) {
             last if last.contains(':') => last.rsplit_once(':').map_or("latest", |(_, t)| t),
             _ => "latest",
@@ -245,16 +253,7 @@ impl LocalImage {
         )?;
         std::fs::write(out.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
             .map_err(|e| Error::io("write oci-layout", e))?;
-        let built = work.join("image.tar");
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&out)
-            .arg("-cf")
-            .arg(&built)
-            .args(["oci-layout", "index.json", "manifest.json", "blobs"]))?;
-        let archive = dir.join(format!("{safe}.tar"));
-        rename(&built, &archive)?;
-        Ok(archive)
+        Ok(())
     }
 
     fn place(&self, rootfs: &Path, entry: &Entry) -> Result<()> {
@@ -325,6 +324,31 @@ fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(libs)
+}
+
+/// The layer tarball of `rootfs` (reproducible: sorted, owner 0, mtime 0),
+/// moved into `blobs` under its digest; returns the digest and size.
+fn write_layer(rootfs: &Path, work: &Path, blobs: &Path) -> Result<(String, u64)> {
+    let layer = work.join("layer.tar");
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "--format=posix",
+            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+            "-C",
+        ])
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."))?;
+    let layer_digest = sha256_file(&layer)?;
+    let layer_size = file_len(&layer)?;
+    rename(&layer, &blobs.join(&layer_digest))?;
+    Ok((layer_digest, layer_size))
 }
 
 fn put_blob(blobs: &Path, value: &serde_json::Value) -> Result<(String, usize)> {
