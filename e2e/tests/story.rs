@@ -41,7 +41,7 @@ mod nix;
 #[path = "../../server/garretd/tests/common/skip.rs"]
 #[allow(dead_code)]
 mod skip;
-use nix::{NIX_CONF, TWO_NIX};
+use nix::NIX_CONF;
 
 /// Where the scenario runs: what differs between the harness's node and another cluster.
 enum Cluster {
@@ -269,22 +269,13 @@ impl Clients<'_> {
         out
     }
 
+    /// The server tests' two-derivation closure, built locally (no network needed, so
+    /// the harness's own Nix runner does it in this client directory).
     fn build_two(&self, store: &str, nonce: &str) -> String {
-        let file = self.dir.join("two.nix");
-        std::fs::write(&file, TWO_NIX).expect("two.nix");
-        let file = file.to_string_lossy().into_owned();
-        self.ok(
-            "nix-build",
-            &[
-                "--store",
-                store,
-                "--no-out-link",
-                &file,
-                "--argstr",
-                "nonce",
-                nonce,
-            ],
-        )
+        nix::Nix {
+            root: self.dir.clone(),
+        }
+        .build_two(store, nonce)
     }
 
     /// Realise `path` into a fresh chroot store `store`, substituting from `url` only,
