@@ -16,19 +16,6 @@ use std::process::{Command, Output, Stdio};
 use common::nix::*;
 use common::*;
 
-/// A three-path chain top → mid → leaf; `bigsize` bytes of random data go into top.
-const CHAIN_NIX: &str = r#"{ nonce, bigsize ? "1000" }:
-let
-  mk = name: script: derivation {
-    name = "${name}-${nonce}"; system = builtins.currentSystem;
-    builder = "/bin/sh"; PATH = "/usr/bin:/bin";
-    args = [ "-c" script ];
-  };
-  leaf = mk "leaf" "echo leaf ${nonce} > $out";
-  mid = mk "mid" "mkdir $out; echo ${leaf} > $out/ref; echo mid > $out/data";
-in mk "top" "mkdir $out; echo ${mid} > $out/ref; echo top > $out/data; head -c ${bigsize} /dev/urandom > $out/blob"
-"#;
-
 struct Env {
     nix: Nix,
     root: PathBuf,

@@ -82,14 +82,7 @@ async fn expired_objects_go_and_shared_chunks_stay() {
         ("short", "z", &z),
         ("short", "w", &w),
     ] {
-        let r = api
-            .upload(
-                Some(&admin),
-                &upload_info(cache, name, nar, &[]),
-                nar.clone(),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::OK);
+        api.upload_ok(&admin, cache, name, nar).await;
     }
     let files_before = g.chunk_files();
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -153,14 +146,7 @@ async fn two_nars_sharing_a_head(head: usize, a_tail: usize) -> (Garretd, Api, S
     let a = nar_of_file(&[&head[..], &noise(32, a_tail)[..]].concat());
     let b = nar_of_file(&[&head[..], &noise(33, 1 << 20)[..]].concat());
     for (cache, name, nar) in [("first", "a", &a), ("second", "b", &b)] {
-        let r = api
-            .upload(
-                Some(&admin),
-                &upload_info(cache, name, nar, &[]),
-                nar.clone(),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::OK);
+        api.upload_ok(&admin, cache, name, nar).await;
     }
     (g, api, admin, b)
 }

@@ -31,23 +31,6 @@ fn client(g: &Garretd) -> Api {
     }
 }
 
-async fn upload_ok(api: &Api, token: &str, cache: &str, name: &str, nar: &[u8]) {
-    let r = api
-        .upload(
-            Some(token),
-            &upload_info(cache, name, nar, &[]),
-            nar.to_vec(),
-        )
-        .await;
-    let status = r.status();
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "{}",
-        r.text().await.unwrap_or_default()
-    );
-}
-
 async fn download(api: &Api, token: &str, cache: &str, name: &str) -> reqwest::Response {
     api.req(
         Method::GET,
@@ -93,7 +76,7 @@ async fn multi_chunk_nar_round_trip_on_s3() {
 
     let nar = nar_of_file(&noise(7, 1 << 20));
     let t = Instant::now();
-    upload_ok(&api, &admin, "s3", "big-1.0", &nar).await;
+    api.upload_ok(&admin, "s3", "big-1.0", &nar).await;
     let up = t.elapsed();
     let back = fetch_nar(&api, &admin, "s3", "big-1.0").await;
     eprintln!(
@@ -104,7 +87,7 @@ async fn multi_chunk_nar_round_trip_on_s3() {
     assert!(back[..] == nar[..], "NAR differs after the S3 round trip");
 
     // Identical content again: deduplicated against the chunks already in S3.
-    upload_ok(&api, &admin, "s3", "big-copy-1.0", &nar).await;
+    api.upload_ok(&admin, "s3", "big-copy-1.0", &nar).await;
     assert!(fetch_nar(&api, &admin, "s3", "big-copy-1.0").await == nar);
 
     let r = api
@@ -135,7 +118,7 @@ async fn s3_outage_is_503_and_recovers() {
         StatusCode::OK
     );
     let nar = nar_of_file(&noise(11, 256 << 10));
-    upload_ok(&api, &admin, "o", "before-1.0", &nar).await;
+    api.upload_ok(&admin, "o", "before-1.0", &nar).await;
     assert_eq!(
         download(&api, &admin, "o", "before-1.0").await.status(),
         StatusCode::OK
@@ -195,6 +178,6 @@ async fn s3_outage_is_503_and_recovers() {
     }
     eprintln!("ready again {:?} after S3 came back", t.elapsed());
     assert!(fetch_nar(&api, &admin, "o", "before-1.0").await == nar);
-    upload_ok(&api, &admin, "o", "during-1.0", &other).await;
+    api.upload_ok(&admin, "o", "during-1.0", &other).await;
     assert!(fetch_nar(&api, &admin, "o", "during-1.0").await == other);
 }

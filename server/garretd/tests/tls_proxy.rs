@@ -16,19 +16,6 @@ use common::nix::*;
 use common::*;
 use reqwest::StatusCode;
 
-/// A three-path chain top → mid → leaf with `bigsize` random bytes in top.
-const CHAIN_NIX: &str = r#"{ nonce, bigsize }:
-let
-  mk = name: script: derivation {
-    name = "${name}-${nonce}"; system = builtins.currentSystem;
-    builder = "/bin/sh"; PATH = "/usr/bin:/bin";
-    args = [ "-c" script ];
-  };
-  leaf = mk "leaf" "echo leaf ${nonce} > $out";
-  mid = mk "mid" "mkdir $out; echo ${leaf} > $out/ref; echo mid > $out/data";
-in mk "top" "mkdir $out; echo ${mid} > $out/ref; echo top > $out/data; head -c ${bigsize} /dev/urandom > $out/blob"
-"#;
-
 /// garretd behind nginx, a CA the proxy's certificate comes from and one it does not, and a
 /// hermetic Nix for the client and for substituting.
 struct Env {

@@ -465,6 +465,24 @@ impl Api {
             .expect("send")
     }
 
+    /// Uploads `nar` as `name` into `cache` (header form) and asserts it was accepted.
+    pub async fn upload_ok(&self, token: &str, cache: &str, name: &str, nar: &[u8]) {
+        let r = self
+            .upload(
+                Some(token),
+                &upload_info(cache, name, nar, &[]),
+                nar.to_vec(),
+            )
+            .await;
+        let status = r.status();
+        assert_eq!(
+            status,
+            reqwest::StatusCode::OK,
+            "{}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+
     /// Uploads with the body preamble form.
     pub async fn upload_preamble(
         &self,
