@@ -3,13 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,6 +24,10 @@ use super::{CACHE_KEYS_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TOKEN_KEY_FIELD};
 
 /// UID/GID garretd runs as (the distroless `nonroot` user).
 pub const RUN_AS: i64 = 65532;
+
+/// Seconds a terminating garretd pod keeps serving before it gets SIGTERM (well inside the
+/// pod's default 30 s grace period, which also covers garretd's own drain).
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 
 fn secret_env(var: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
@@ -168,6 +175,18 @@ fn container(v: &Validated, mounts: Vec<VolumeMount>) -> Container {
         }),
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
+        // The endpoints controller and kube-proxy need a moment to stop sending new
+        // connections to a terminating pod; garretd stops accepting at SIGTERM, so it gets
+        // SIGTERM only after this pause (the kubelet's own sleep: the image has no shell).
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         security_context: Some(SecurityContext {
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
@@ -204,6 +223,8 @@ pub fn deployment(v: &Validated) -> Deployment {
             }),
             ..PodSecurityContext::default()
         }),
+        // The pause above, then garretd's 30 s drain of requests in flight, then a margin.
+        termination_grace_period_seconds: Some(PRE_STOP_SLEEP_SECONDS + 35),
         containers: vec![container(v, mounts)],
         volumes: Some(volumes),
         ..PodSpec::default()
@@ -218,7 +239,11 @@ pub fn deployment(v: &Validated) -> Deployment {
             },
             strategy: Some(DeploymentStrategy {
                 type_: Some(strategy.into()),
-                ..DeploymentStrategy::default()
+                // Surge first: a new pod is Ready before an old one stops serving.
+                rolling_update: (strategy == "RollingUpdate").then(|| RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
