@@ -35,6 +35,16 @@ pub fn testbin_dir() -> Result<PathBuf> {
     }
 }
 
+/// The `kubectl` tests drive clusters with: the testbin's (same release as the control
+/// plane, so a brand-new machine needs none of its own), else the one on `PATH`.
+pub fn kubectl() -> PathBuf {
+    testbin_dir()
+        .map(|d| d.join("kubectl"))
+        .ok()
+        .filter(|p| is_executable(p))
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
 /// Paths of the binaries a control plane runs.
 #[derive(Clone, Debug)]
 pub struct Binaries {

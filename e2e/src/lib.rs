@@ -42,7 +42,7 @@ mod process;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use binaries::{testbin_dir, Binaries, BUILD_COMMAND, K8S_VERSION, TESTBIN_DIR_ENV};
+pub use binaries::{kubectl, testbin_dir, Binaries, BUILD_COMMAND, K8S_VERSION, TESTBIN_DIR_ENV};
 pub use control_plane::{ControlPlane, Identity, Options, ADMIN_USER};
 pub use helpers::{apply_yaml, install_crd, wait_for, ApplyYaml};
 pub use images::{

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager, the node binaries kubelet,
+# Build kube-apiserver, kube-controller-manager, kubectl, the node binaries kubelet,
 # kube-scheduler and kube-proxy (and helm v3) for the e2e harness from the Go
 # module proxy, into a cache directory outside the repo keyed by the
 # Kubernetes version. Only missing binaries are built.
@@ -30,7 +30,8 @@ if [ -z "$K8S_VERSION" ]; then
 fi
 K8S_MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
 OUT=${GARRET_TESTBIN_DIR:-$HOME/.cache/garret/k8s-testbin/v$K8S_VERSION}
-BINS=(kube-apiserver kube-controller-manager)
+# kubectl: the story test drives the cluster as users do, and a new machine may have none.
+BINS=(kube-apiserver kube-controller-manager kubectl)
 # For e2e/src/node.rs (real pods); the same go.mod lists them as tools.
 if [ "${GARRET_TESTBIN_SKIP_NODE:-0}" != 1 ]; then BINS+=(kubelet kube-scheduler kube-proxy); fi
 
