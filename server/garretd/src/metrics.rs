@@ -23,6 +23,13 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UploadLabels {
+    /// `new` (a NAR being received and stored) or `stored-nar` (the body of an already
+    /// stored NAR being read to prove possession).
+    pub kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -39,6 +46,9 @@ pub struct Metrics {
     pub gc_temp_files_swept: Counter,
     pub http_connections_open: Gauge,
     pub http_accept_errors: Counter,
+    pub nar_read_buffered_bytes: Gauge,
+    pub nar_read_buffer_budget: Gauge,
+    pub uploads_in_progress: Family<UploadLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -146,6 +156,24 @@ impl Metrics {
                 "http_accept_errors",
                 "Failed accepts on the listener (e.g. out of file descriptors)",
                 Counter::default(),
+            ),
+            nar_read_buffered_bytes: add(
+                &mut r,
+                "nar_read_buffered_bytes",
+                "NAR bytes read for downloads and not yet sent (counted against the budget)",
+                Gauge::default(),
+            ),
+            uploads_in_progress: add(
+                &mut r,
+                "uploads_in_progress",
+                "Uploads reading their body, by kind (new NAR, or proof of possession of a stored one)",
+                Family::default(),
+            ),
+            nar_read_buffer_budget: add(
+                &mut r,
+                "nar_read_buffer_budget_bytes",
+                "The budget of NAR bytes downloads may hold at once ([http] nar-read-buffer-budget)",
+                Gauge::default(),
             ),
             registry: r,
         }

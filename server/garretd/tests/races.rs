@@ -55,3 +55,96 @@ async fn cache_deleted_during_an_upload_answers_no_such_cache() {
     assert_eq!(g.count("objects"), 0);
     assert_eq!(g.count("nars"), 0);
 }
+
+/// How many uploads are reading the body of an already stored NAR to prove possession.
+async fn proving_possession(api: &Api) -> Option<i64> {
+    let text = api.get("metrics", None).await.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("garret_uploads_in_progress{kind=\"stored-nar\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A re-pushed NAR whose last object went away is still stored, so the upload reads its body
+/// to prove possession; garbage collection deletes the NAR meanwhile. Attaching the object
+/// then fails on the vanished NAR: the answer is a retryable 503, nothing is half-made, and
+/// the retry stores the NAR afresh.
+#[tokio::test]
+async fn nar_collected_while_a_repush_proves_possession_answers_a_retryable_503() {
+    let g = Garretd::start_with(
+        Some("[garbage-collection]\ninterval = 0\norphan-grace-period = 0\n"),
+        &[],
+    );
+    let api = g.client();
+    let admin = g.admin_token();
+    for c in ["first", "second"] {
+        assert_eq!(
+            api.create_cache(&admin, c, false).await.status(),
+            StatusCode::OK
+        );
+    }
+    let nar = nar_of_file(&noise(31, 3 << 20));
+    api.upload_ok(&admin, "first", "twice", &nar).await;
+    // The NAR's only object goes with its cache: an orphan, as GC will see it.
+    let r = api
+        .send(Method::DELETE, "_api/v1/cache-config/first", Some(&admin))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "deleting the first cache");
+    assert_eq!(g.count("objects"), 0);
+    assert_eq!(g.count("nars"), 1);
+
+    let info = upload_info("second", "twice", &nar, &[]);
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let upload = tokio::spawn({
+        let api = api.clone();
+        let admin = admin.clone();
+        async move {
+            api.req(Method::PUT, "_api/v1/upload-path", Some(&admin))
+                .header("X-Attic-Nar-Info", info.to_string())
+                .body(reqwest::Body::wrap_stream(rx))
+                .send()
+                .await
+        }
+    });
+    let held = nar.len() - 4096;
+    for piece in nar[..held].chunks(256 << 10) {
+        tx.send(Ok(piece.to_vec())).await.expect("send body");
+    }
+    // The server found the stored NAR and is reading the body against it.
+    for _ in 0..1200 {
+        if proving_possession(&api).await == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        proving_possession(&api).await,
+        Some(1),
+        "proving possession"
+    );
+
+    // Garbage collection now: the NAR is an orphan past its grace (its timestamps are moved
+    // back, so whole-second clocks cannot make this depend on timing).
+    g.sql("UPDATE nars SET created_at = created_at - 3600");
+    g.sql("UPDATE chunks SET last_used_at = last_used_at - 3600, created_at = created_at - 3600");
+    let out = g.run(&["gc"]);
+    assert!(out.status.success(), "gc failed");
+    assert_eq!(g.count("nars"), 0, "GC deleted the NAR during the upload");
+
+    tx.send(Ok(nar[held..].to_vec())).await.expect("send body");
+    drop(tx);
+    let resp = upload.await.expect("join").expect("response");
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "ServiceUnavailable", "{body}");
+    assert_eq!(
+        g.count("objects"),
+        0,
+        "nothing of the failed upload is visible"
+    );
+
+    // The retry the 503 asks for stores the NAR afresh.
+    api.upload_ok(&admin, "second", "twice", &nar).await;
+    let path = format!("second/nar/{}.nar", fake_hash("twice"));
+    assert_eq!(api.nar(&path, Some(&admin)).await, nar);
+}

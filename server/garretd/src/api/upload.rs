@@ -2,7 +2,8 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
 
@@ -182,21 +183,55 @@ pub async fn upload_path(
     caller: Caller,
     headers: HeaderMap,
     body: Body,
-) -> ServerResult<Json<UploadPathResult>> {
+) -> Response {
     let mut stream: BodyStream = Box::pin(body.into_data_stream());
-    let res = receive(&state, &caller, &headers, &mut stream).await;
-    if res.is_err() {
-        drain(&mut stream).await;
+    let pusher = may_push_somewhere(&caller);
+    match receive(&state, &caller, pusher, &headers, &mut stream).await {
+        Ok(result) => result.into_response(),
+        // A caller who may push on the cache gets its error read rather than a reset: the
+        // rest of its body is drained (bounded). Anyone else has the connection closed
+        // without a further byte of the body being read.
+        Err(e) if pusher && !matches!(e, ServerError::Unauthorized { .. }) => {
+            drain(&mut stream).await;
+            e.into_response()
+        }
+        Err(e) => {
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
     }
-    res
+}
+
+/// Whether the caller's token (verified: signature, time, issuer and audience) grants push
+/// on any cache at all. Push is never implied by a public cache, so a caller without it can
+/// only be refused, whatever cache its upload names.
+fn may_push_somewhere(caller: &Caller) -> bool {
+    caller
+        .claims
+        .as_ref()
+        .is_some_and(|c| c.caches.iter().any(|(_, p)| p.push))
 }
 
 async fn receive(
     state: &SharedState,
     caller: &Caller,
+    pusher: bool,
     headers: &HeaderMap,
     stream: &mut BodyStream,
 ) -> ServerResult<Json<UploadPathResult>> {
+    // The preamble form names the cache in the body: nobody who cannot push anywhere gets
+    // the server to read it. (The header form names it in the headers, so it is authorized
+    // below exactly as every other route, still before a byte of the body is read.)
+    if !pusher && headers.contains_key(NAR_INFO_PREAMBLE_SIZE_HEADER) {
+        return Err(match caller.claims {
+            Some(_) => ServerError::Unauthorized {
+                reason: Some("it grants push on no cache".into()),
+            },
+            None => caller.unauthorized(),
+        });
+    }
     let info = upload_info(headers, stream, state.config.max_nar_info_size).await?;
     let name = parse_cache(&info.cache)?;
     let (path, claim) = validate(&info)?;

@@ -251,6 +251,10 @@ pub struct HttpConfig {
     /// HTTP/2: streams (requests) in flight on one connection.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Bytes of NAR data held in memory for downloads, all of them together: reads ahead of
+    /// a slow client wait for budget instead of growing memory.
+    #[serde(default = "default_nar_read_buffer_budget")]
+    pub nar_read_buffer_budget: usize,
 }
 
 fn default_header_read_timeout() -> Duration {
@@ -265,6 +269,9 @@ fn default_max_connections() -> usize {
 fn default_max_concurrent_streams() -> u32 {
     32
 }
+fn default_nar_read_buffer_budget() -> usize {
+    256 << 20
+}
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -273,6 +280,7 @@ impl Default for HttpConfig {
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            nar_read_buffer_budget: default_nar_read_buffer_budget(),
         }
     }
 }
@@ -430,6 +438,9 @@ impl Config {
         }
         if h.max_connections > 1 << 20 {
             bail!("[http] max-connections is too large");
+        }
+        if h.nar_read_buffer_budget < 1 << 20 {
+            bail!("[http] nar-read-buffer-budget must be at least 1 MiB (1048576)");
         }
         if c.max_size > 16 << 20 {
             bail!("[chunking] max-size above 16 MiB is not supported (chunks are held in memory)");

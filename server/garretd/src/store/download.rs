@@ -1,11 +1,18 @@
 //! Serving a NAR: its chunks, in order, concatenated. Chunks that sit next to each other
 //! in one pack are read together, and a few reads run ahead so storage latency overlaps
 //! with sending.
+//!
+//! Every byte read for a download is counted against one process-wide budget
+//! (`[http] nar-read-buffer-budget`) from before the read starts until the last copy of the
+//! bytes is dropped (sent, or the connection gone), so downloads to clients that stop
+//! reading cannot together pin more than the budget: at the limit, reads wait for budget.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Store;
 use crate::backend::StorageError;
@@ -50,6 +57,69 @@ pub(crate) fn plan_reads(chunks: &[ChunkLoc], max_read: i64) -> Vec<Read> {
     reads
 }
 
+/// The process-wide budget of bytes held for NAR downloads.
+#[derive(Clone)]
+pub struct ReadBudget {
+    permits: Arc<Semaphore>,
+    total: usize,
+}
+
+impl ReadBudget {
+    pub fn new(total: usize) -> ReadBudget {
+        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        crate::metrics::METRICS
+            .nar_read_buffer_budget
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        ReadBudget {
+            permits: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Waits until `len` bytes of budget are free and takes them (a read larger than the
+    /// whole budget takes all of it, so it can still proceed, alone).
+    async fn reserve(&self, len: u64) -> Result<Reserved, StorageError> {
+        let n = len.min(self.total as u64).min(u64::from(u32::MAX)) as u32;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| StorageError::Unavailable("the read budget is closed".into()))?;
+        crate::metrics::METRICS
+            .nar_read_buffered_bytes
+            .inc_by(i64::from(n));
+        Ok(Reserved { _permit: permit, n })
+    }
+}
+
+/// Budget held for one read; given back when dropped.
+struct Reserved {
+    _permit: OwnedSemaphorePermit,
+    n: u32,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        crate::metrics::METRICS
+            .nar_read_buffered_bytes
+            .dec_by(i64::from(self.n));
+    }
+}
+
+/// Read bytes that keep their budget until the last `Bytes` sharing them is dropped, i.e.
+/// also while hyper holds them in its write queue.
+struct Held {
+    bytes: Bytes,
+    _reserved: Reserved,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 impl Store {
     /// Opens a NAR for streaming. Fails up front (503 `IncompleteNar`) if any chunk is known
     /// to be missing, rather than cutting the download short.
@@ -59,13 +129,20 @@ impl Store {
             return Err(ServerError::IncompleteNar);
         }
         let storage = self.storage.clone();
+        let budget = self.read_budget.clone();
         let mut stream = futures::stream::iter(plan_reads(&chunks, MAX_READ))
             .map(move |r| {
                 let storage = storage.clone();
+                let budget = budget.clone();
                 async move {
-                    storage
+                    let reserved = budget.reserve(r.len.max(0) as u64).await?;
+                    let bytes = storage
                         .get_range(&r.key, r.offset as u64, r.len as u64)
-                        .await
+                        .await?;
+                    Ok(Bytes::from_owner(Held {
+                        bytes,
+                        _reserved: reserved,
+                    }))
                 }
             })
             .buffered(PREFETCH)

@@ -147,6 +147,7 @@ impl Store {
             }
             let body_read = self.proof_of_possession;
             if body_read {
+                let _busy = InProgress::new("stored-nar");
                 verify_possession(claim, body).await?;
                 return match self.db.attach_object(&obj, nar.id).await {
                     Ok(()) => Ok(deduplicated()),
@@ -212,6 +213,7 @@ impl Store {
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
+        let _busy = InProgress::new("new");
         let got = self.receive(body, Some(claim.nar_size)).await?;
         if got.size != claim.nar_size || got.hash != claim.nar_hash {
             return Err(ServerError::request(format!(
@@ -335,6 +337,31 @@ impl Store {
                 "a chunk was garbage-collected during the upload; please retry".into(),
             )),
         }
+    }
+}
+
+/// Counts an upload in `garret_uploads_in_progress` while it reads its body: `new` while a
+/// NAR is received and stored, `stored-nar` while the body of an already stored NAR is read
+/// to prove possession.
+struct InProgress(crate::metrics::UploadLabels);
+
+impl InProgress {
+    fn new(kind: &str) -> InProgress {
+        let labels = crate::metrics::UploadLabels { kind: kind.into() };
+        crate::metrics::METRICS
+            .uploads_in_progress
+            .get_or_create(&labels)
+            .inc();
+        InProgress(labels)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        crate::metrics::METRICS
+            .uploads_in_progress
+            .get_or_create(&self.0)
+            .dec();
     }
 }
 

@@ -15,7 +15,7 @@ use crate::db::Database;
 
 pub use chunker::{ChunkParams, Chunker};
 pub use compression::{Compression, DEFAULT_ZSTD_LEVEL};
-pub use download::NarStream;
+pub use download::{NarStream, ReadBudget};
 pub use ingest::{NarClaim, UploadOutcome};
 
 #[derive(Clone)]
@@ -27,6 +27,8 @@ pub struct Store {
     threshold: usize,
     compression: Compression,
     proof_of_possession: bool,
+    /// Bytes held for NAR downloads, all of them together (`[http] nar-read-buffer-budget`).
+    read_budget: ReadBudget,
 }
 
 impl Store {
@@ -45,6 +47,7 @@ impl Store {
             threshold: c.nar_size_threshold.min(c.max_size),
             compression: Compression::from_config(&cfg.compression)?,
             proof_of_possession: cfg.require_proof_of_possession,
+            read_budget: ReadBudget::new(cfg.http.nar_read_buffer_budget),
         })
     }
 
