@@ -2,7 +2,8 @@
 # Build kube-apiserver, kube-controller-manager, kubectl, the node binaries kubelet,
 # kube-scheduler and kube-proxy (and helm v3) for the e2e harness from the Go
 # module proxy, into a cache directory outside the repo keyed by the
-# Kubernetes version. Only missing binaries are built.
+# Kubernetes version. Only missing binaries are built. It also fetches the Argo CD and
+# Flux CRDs the e2e tests install (into gitops-crds/ there).
 #
 #   bash tools/k8s-testbin/build.sh            # build, or reuse what is there
 #   bash tools/k8s-testbin/build.sh --print-dir
@@ -22,6 +23,13 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HELM_VERSION=v3.20.2
+# CRDs of the GitOps tools whose objects docs/examples/ holds (e2e/tests/chart.rs dry-runs
+# them): taken from the tools' own Go modules (the newest these Go 1.26 proxies serve).
+ARGOCD_MODULE=github.com/argoproj/argo-cd/v3@v3.2.0
+FLUX_HELM_MODULE=github.com/fluxcd/helm-controller@v1.4.0
+FLUX_KUSTOMIZE_MODULE=github.com/fluxcd/kustomize-controller@v1.6.0
+FLUX_SOURCE_MODULE=github.com/fluxcd/source-controller@v1.7.0
+GITOPS_CRDS_STAMP=".complete-argocd-v3.2.0-helm-v1.4.0-kustomize-v1.6.0-source-v1.7.0"
 
 K8S_VERSION=$(sed -n 's/^[[:space:]]*\(require[[:space:]]\{1,\}\)\{0,1\}k8s\.io\/kubernetes v\([0-9][0-9.]*\).*/\2/p' "$HERE/go.mod" | head -n1)
 if [ -z "$K8S_VERSION" ]; then
@@ -62,6 +70,7 @@ have_all() {
 	local b
 	for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || return 1; done
 	if [ "${GARRET_TESTBIN_SKIP_HELM:-0}" != 1 ]; then [ -x "$OUT/helm" ] || return 1; fi
+	[ -f "$OUT/gitops-crds/$GITOPS_CRDS_STAMP" ] || return 1
 	return 0
 }
 
@@ -128,6 +137,19 @@ if [ "${GARRET_TESTBIN_SKIP_HELM:-0}" != 1 ] && ! [ -x "$OUT/helm" ]; then
 			"helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 	)
 	mv -f "$TMP/helm" "$OUT/helm"
+fi
+
+if ! [ -f "$OUT/gitops-crds/$GITOPS_CRDS_STAMP" ]; then
+	rm -rf "$OUT/gitops-crds" && mkdir -p "$TMP/gitops-crds"
+	module_dir() { (cd "$TMP" && GOFLAGS=-mod=mod "$GO" mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'); }
+	cp "$(module_dir "$ARGOCD_MODULE")/manifests/crds/application-crd.yaml" "$TMP/gitops-crds/"
+	cp "$(module_dir "$FLUX_HELM_MODULE")/config/crd/bases/helm.toolkit.fluxcd.io_helmreleases.yaml" "$TMP/gitops-crds/"
+	cp "$(module_dir "$FLUX_KUSTOMIZE_MODULE")/config/crd/bases/kustomize.toolkit.fluxcd.io_kustomizations.yaml" "$TMP/gitops-crds/"
+	src=$(module_dir "$FLUX_SOURCE_MODULE")/config/crd/bases
+	cp "$src/source.toolkit.fluxcd.io_gitrepositories.yaml" "$src/source.toolkit.fluxcd.io_helmrepositories.yaml" "$TMP/gitops-crds/"
+	chmod u+w "$TMP/gitops-crds/"*
+	touch "$TMP/gitops-crds/$GITOPS_CRDS_STAMP"
+	mv "$TMP/gitops-crds" "$OUT/gitops-crds"
 fi
 
 "$OUT/kube-apiserver" --version >&2
