@@ -4,12 +4,17 @@
 
 pub mod nginx;
 pub mod nix;
+pub mod poll;
+pub mod proxy;
 pub mod skip;
+
+#[allow(unused_imports)]
+pub use poll::{eventually, eventually_blocking, eventually_some, PATIENCE};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -38,6 +43,8 @@ pub struct Garretd {
     pub config: Option<PathBuf>,
     /// Environment every garretd command of this server gets (e.g. its database URL).
     pub env: Vec<(String, String)>,
+    /// Every line the server has logged so far (stderr).
+    pub log: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -164,12 +171,17 @@ impl Garretd {
         let mut child = cmd.spawn().expect("spawn garretd");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("garretd listening on ") {
                     let _ = tx.send(url.trim_end_matches('/').to_string());
                 }
                 eprintln!("[garretd] {line}");
+                if let Ok(mut v) = lines.lock() {
+                    v.push(line);
+                }
             }
         });
         let url = match rx.recv_timeout(Duration::from_secs(60)) {
@@ -185,8 +197,17 @@ impl Garretd {
             data_dir: data_dir.to_path_buf(),
             config: config.map(Path::to_path_buf),
             env,
+            log,
             _tmp: None,
         }
+    }
+
+    /// Whether a line the server logged so far contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .map(|v| v.iter().any(|l| l.contains(needle)))
+            .unwrap_or(false)
     }
 
     pub fn pid(&self) -> u32 {
@@ -263,6 +284,44 @@ impl Garretd {
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect()
+    }
+
+    /// Runs statements that change the server's database (committed at once).
+    pub fn sql_exec(&self, statements: &str) {
+        let out = if let Some((_, url)) =
+            self.env.iter().find(|(k, _)| k == "GARRETD_DATABASE__URL")
+        {
+            Command::new("psql")
+                .arg(url)
+                .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", statements])
+                .output()
+                .expect("psql")
+        } else {
+            Command::new("python3")
+                .arg("-c")
+                .arg("import sqlite3,sys\nc=sqlite3.connect(sys.argv[1], timeout=60)\nc.executescript(sys.argv[2])\nc.commit()")
+                .arg(self.data_dir.join("server.db"))
+                .arg(statements)
+                .output()
+                .expect("python3")
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Moves every recorded time of the stored data (objects, NARs, chunks, pending Nix
+    /// uploads) `secs` seconds into the past: to retention and GC's grace periods, the same
+    /// as the clock having moved on that far, without waiting for it.
+    pub fn age_data(&self, secs: i64) {
+        self.sql_exec(&format!(
+            "UPDATE objects SET created_at = created_at - {secs}, last_accessed_at = last_accessed_at - {secs};
+             UPDATE nars SET created_at = created_at - {secs};
+             UPDATE chunks SET created_at = created_at - {secs}, last_used_at = last_used_at - {secs};
+             UPDATE nix_uploads SET created_at = created_at - {secs};"
+        ));
     }
 
     pub fn count(&self, table: &str) -> i64 {
@@ -383,6 +442,14 @@ impl Api {
             .send()
             .await
             .expect("send")
+    }
+
+    /// The value of an unlabelled metric in the server's `/metrics` (e.g.
+    /// `garret_declared_config_applied`), `None` when it is not there.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.get("metrics", None).await.text().await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// GETs a NAR as served (zstd) and returns it decompressed; the status is not checked.
