@@ -1,7 +1,10 @@
-//! Caches declared in configuration (`[[caches]]`), applied idempotently at start and
-//! whenever the config file changes. A Kubernetes operator drives the server through this
+//! Caches declared in configuration (`[[caches]]`), applied idempotently at start, whenever
+//! the config file or a declared key file changes, and again with backoff until every
+//! declaration has applied (see [`crate::watch`]). A Kubernetes operator drives the server through this
 //! file, never through its API. Caches created through the API are left alone, and a cache
 //! removed from the file is kept (data is never deleted by omission).
+
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -84,32 +87,80 @@ pub fn plan(
     }
 }
 
-/// Applies every declaration; returns the names of caches that changed. Several replicas
-/// may do this at once: creation is insert-if-absent and updates converge on the file.
-pub async fn apply(db: &Database, declared: &[DeclaredCache]) -> anyhow::Result<Vec<String>> {
-    let mut changed = Vec::new();
+/// What applying the declarations did: the caches that changed and, per declaration that
+/// could not be applied (e.g. its key file is not there yet), why.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub changed: Vec<String>,
+    pub failed: Vec<(String, anyhow::Error)>,
+}
+
+impl Applied {
+    /// Whether the database now holds everything the declarations ask for.
+    pub fn complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// The failures as one line: `cache a: reading /x: No such file…; cache b: …`.
+    pub fn errors(&self) -> String {
+        self.failed
+            .iter()
+            .map(|(_, e)| format!("{e:#}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The names of the declarations not applied.
+    pub fn pending(&self) -> Vec<&str> {
+        self.failed.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+/// Applies every declaration on its own: one that cannot be applied (a key file not mounted
+/// yet, a database error) is reported in [`Applied::failed`] and does not hold back the
+/// others. Several replicas may do this at once: creation is insert-if-absent and updates
+/// converge on the file.
+pub async fn apply(db: &Database, declared: &[DeclaredCache]) -> Applied {
+    let mut out = Applied::default();
     for d in declared {
-        let keypair = declared_keypair(d)?;
-        let current = db.cache_origin(&d.name).await?;
-        match plan(d, keypair, current)? {
-            Action::Create(new) => {
-                if db.create_cache(&new).await? {
-                    tracing::info!(cache = %d.name, "declared cache created");
-                    changed.push(d.name.clone());
-                }
-            }
-            Action::Update { id, patch } => {
-                db.update_cache(id, &patch).await?;
-                tracing::info!(cache = %d.name, "declared cache updated");
-                changed.push(d.name.clone());
-            }
-            Action::Unchanged => {}
-            Action::LeaveAlone => {
-                tracing::warn!(cache = %d.name, "a cache of this name was created through the API; leaving it alone");
-            }
+        match apply_one(db, d).await {
+            Ok(true) => out.changed.push(d.name.clone()),
+            Ok(false) => {}
+            Err(e) => out.failed.push((d.name.clone(), e)),
         }
     }
-    Ok(changed)
+    out
+}
+
+/// Applies one declaration; `true` when the cache changed.
+async fn apply_one(db: &Database, d: &DeclaredCache) -> anyhow::Result<bool> {
+    let keypair = declared_keypair(d)?;
+    let current = db.cache_origin(&d.name).await?;
+    match plan(d, keypair, current)? {
+        Action::Create(new) => {
+            if db.create_cache(&new).await? {
+                tracing::info!(cache = %d.name, "declared cache created");
+                return Ok(true);
+            }
+        }
+        Action::Update { id, patch } => {
+            db.update_cache(id, &patch).await?;
+            tracing::info!(cache = %d.name, "declared cache updated");
+            return Ok(true);
+        }
+        Action::Unchanged => {}
+        Action::LeaveAlone => {
+            tracing::warn!(cache = %d.name, "a cache of this name was created through the API; leaving it alone");
+        }
+    }
+    Ok(false)
+}
+
+/// When to try again after `failures` attempts in a row did not apply everything: `first`,
+/// doubling each time, at most `max`.
+pub fn retry_delay(failures: u32, first: Duration, max: Duration) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    first.saturating_mul(factor).min(max)
 }
 
 #[cfg(test)]
@@ -168,6 +219,29 @@ mod tests {
         assert_eq!(patch.is_public, Some(true));
         assert_eq!(patch.retention_period, Some(Some(60)));
         assert!(patch.priority.is_none() && patch.keypair.is_none());
+    }
+
+    #[test]
+    fn retries_back_off_from_the_first_delay_to_the_cap() {
+        let (first, max) = (Duration::from_secs(2), Duration::from_secs(30));
+        let delays: Vec<u64> = (1..=7)
+            .map(|n| retry_delay(n, first, max).as_secs())
+            .collect();
+        assert_eq!(delays, [2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_delay(0, first, max), first);
+        assert_eq!(retry_delay(u32::MAX, first, max), max);
+    }
+
+    #[test]
+    fn a_missing_key_file_is_an_error_naming_the_cache_and_the_file() {
+        let mut d = decl();
+        d.signing_key_file = Some("/nonexistent/garret/team.key".into());
+        let e = declared_keypair(&d).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("cache team") && text.contains("/nonexistent/garret/team.key"),
+            "{text}"
+        );
     }
 
     #[test]

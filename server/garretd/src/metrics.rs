@@ -49,6 +49,7 @@ pub struct Metrics {
     pub nar_read_buffered_bytes: Gauge,
     pub nar_read_buffer_budget: Gauge,
     pub uploads_in_progress: Family<UploadLabels, Gauge>,
+    pub declared_config_applied: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -173,6 +174,13 @@ impl Metrics {
                 &mut r,
                 "nar_read_buffer_budget_bytes",
                 "The budget of NAR bytes downloads may hold at once ([http] nar-read-buffer-budget)",
+                Gauge::default(),
+            ),
+            declared_config_applied: add(
+                &mut r,
+                "declared_config_applied",
+                "1 when every cache the config file declares is applied as declared, 0 while \
+                 some are not (the file is invalid, or a key file is missing; retried with backoff)",
                 Gauge::default(),
             ),
             registry: r,

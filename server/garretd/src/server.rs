@@ -23,8 +23,9 @@ pub async fn open_storage(cfg: &Config) -> anyhow::Result<DynStorage> {
     }
 }
 
-/// Connects to everything and runs migrations.
-pub async fn build_state(cfg: Config) -> anyhow::Result<SharedState> {
+/// Connects to everything, runs migrations and applies the declared caches (those that
+/// cannot be applied yet are reported in the second value and retried by the watcher).
+pub async fn build_state(cfg: Config) -> anyhow::Result<(SharedState, crate::declare::Applied)> {
     let key = crate::secrets::load_signing_key(&cfg, true)?;
     let verifier = Verifier::new(
         key,
@@ -35,12 +36,19 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<SharedState> {
     let db = Database::connect(cfg.database_url()).await?;
     db.migrate().await?;
     let storage = open_storage(&cfg).await?;
-    crate::declare::apply(&db, &cfg.caches).await?;
+    let declared = crate::declare::apply(&db, &cfg.caches).await;
+    if !declared.complete() {
+        tracing::warn!(
+            pending = ?declared.pending(),
+            error = declared.errors(),
+            "declared caches not applied at start; serving the others and retrying in the background"
+        );
+    }
     let revoked = crate::watch::read_revocations(cfg.jwt.revocation_list.as_deref())?;
     let store = Store::new(&cfg, db, storage)?;
     let state = AppState::new(cfg, store, verifier);
     state.set_revocations(revoked);
-    Ok(state)
+    Ok((state, declared))
 }
 
 /// How long in-flight requests may run after SIGTERM.
@@ -49,10 +57,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub async fn serve(cfg: Config, source: ConfigSource) -> anyhow::Result<()> {
     let addr = cfg.listen_addr()?;
     let hint = first_token_hint(&cfg);
-    let state = build_state(cfg).await?;
+    let (state, declared) = build_state(cfg).await?;
     let app_limits = state.config.http.clone();
     spawn_gc_loop(&state);
-    crate::watch::spawn(state.clone(), source);
+    crate::watch::spawn(state.clone(), source, &declared);
     let app = crate::api::router(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -4,27 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use base64::Engine;
 use common::*;
 use reqwest::StatusCode;
-
-/// Polls until `check` holds (file watchers apply changes within a few seconds).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 fn jti_of(token: &str) -> String {
     let payload = token.split('.').nth(1).unwrap();
@@ -74,11 +56,11 @@ async fn declared_caches_follow_the_config_file() {
 
     let path = g.config.clone().unwrap();
     std::fs::write(&path, config(false, 20, "priority = 50\n\n[[caches]]\nname = \"manual\"\npublic = true\n\n[[caches]]\nname = \"fresh\"\n")).unwrap();
-    eventually("team becomes private", || async {
+    eventually(PATIENCE, "team becomes private", || async {
         api.cache_config(None, "team").await.0 == StatusCode::UNAUTHORIZED
     })
     .await;
-    eventually("fresh is created", || async {
+    eventually(PATIENCE, "fresh is created", || async {
         api.cache_config(Some(&admin), "fresh").await.0 == StatusCode::OK
     })
     .await;
@@ -96,21 +78,170 @@ async fn declared_caches_follow_the_config_file() {
         manual_before
     );
 
-    // an invalid file is ignored (the last good state stays)
-    std::fs::write(&path, "[[caches]]\nname = \"../bad\"\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An invalid file changes nothing already served (not even the valid parts of it), the
+    // error is reported, and the watcher applies the next good file.
     assert_eq!(
-        api.cache_config(Some(&admin), "team").await.0,
-        StatusCode::OK
+        api.metric("garret_declared_config_applied").await,
+        Some(1.0)
     );
+    let served = served_configs(&api, &admin).await;
+    std::fs::write(
+        &path,
+        config(true, 99, "priority = 51\n\n[[caches]]\nname = \"../bad\"\n"),
+    )
+    .unwrap();
+    eventually(PATIENCE, "the invalid file is reported", || async {
+        api.metric("garret_declared_config_applied").await == Some(0.0)
+    })
+    .await;
+    assert!(g.logged("config file changed but is invalid"));
+    assert_eq!(
+        served_configs(&api, &admin).await,
+        served,
+        "nothing served changed"
+    );
+    assert_eq!(
+        api.cache_config(None, "team").await.0,
+        StatusCode::UNAUTHORIZED,
+        "team stays private"
+    );
+    std::fs::write(&path, config(false, 20, "priority = 60\n")).unwrap();
+    eventually(PATIENCE, "the next valid file is applied", || async {
+        api.cache_config(Some(&admin), "ci").await.1["priority"] == 60
+    })
+    .await;
+    eventually(PATIENCE, "the applied state is reported", || async {
+        api.metric("garret_declared_config_applied").await == Some(1.0)
+    })
+    .await;
 
     // a restart applies the same declarations idempotently
-    std::fs::write(&path, config(false, 20, "priority = 50\n")).unwrap();
     let mut g = g;
     g.restart();
     let api = g.client();
     let ci = api.cache_config(Some(&admin), "ci").await.1;
     assert_eq!(ci["public_key"], ci_key);
+    assert_eq!(ci["priority"], 60);
+}
+
+/// Every cache's config as served, for comparing before and after.
+async fn served_configs(api: &Api, admin: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for name in ["team", "ci", "manual", "fresh"] {
+        let (status, cfg) = api.cache_config(Some(admin), name).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        out.push(cfg);
+    }
+    out
+}
+
+fn declare(name: &str, key_file: Option<&std::path::Path>) -> String {
+    match key_file {
+        Some(k) => format!(
+            "[[caches]]\nname = \"{name}\"\nsigning-key-file = \"{}\"\n\n",
+            k.display()
+        ),
+        None => format!("[[caches]]\nname = \"{name}\"\n\n"),
+    }
+}
+
+/// Writes a file the way Kubernetes updates a mounted volume: whole, in one rename.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Kubernetes gives no ordering between volumes: a cache added live may name a key file
+/// that lands after the config. The server keeps serving the rest, says the declared state
+/// is not applied, and serves the cache once the key is there, with no change to the config.
+#[tokio::test]
+async fn a_cache_whose_key_file_lands_after_the_config_is_served_once_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Garretd::start_with(Some(&declare("team", None)), &[]);
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.metric("garret_declared_config_applied").await,
+        Some(1.0)
+    );
+
+    let key_file = dir.path().join("late.key");
+    let key = garret_core::nix::signing::Keypair::generate("late-1").unwrap();
+    let text = [
+        declare("team", None),
+        declare("late", Some(&key_file)),
+        declare("other", None),
+    ]
+    .concat();
+    write_atomically(g.config.as_ref().unwrap(), &text);
+    eventually(PATIENCE, "the missing key file is reported", || async {
+        api.metric("garret_declared_config_applied").await == Some(0.0)
+    })
+    .await;
+    assert!(g.logged("declared caches not applied yet"));
+    assert!(g.logged(&key_file.display().to_string()));
+    assert_eq!(
+        api.cache_config(Some(&admin), "other").await.0,
+        StatusCode::OK,
+        "the other declarations of the same file apply"
+    );
+    assert_eq!(
+        api.cache_config(Some(&admin), "late").await.0,
+        StatusCode::NOT_FOUND,
+        "no cache without its key"
+    );
+
+    write_atomically(&key_file, &key.to_canonical_string());
+    let served = eventually_some(PATIENCE, "late is served", || async {
+        let (status, cfg) = api.cache_config(Some(&admin), "late").await;
+        (status == StatusCode::OK).then_some(cfg)
+    })
+    .await;
+    assert_eq!(
+        served["public_key"],
+        key.public_key().to_canonical_string(),
+        "with the key from the file"
+    );
+    eventually(PATIENCE, "the applied state is reported", || async {
+        api.metric("garret_declared_config_applied").await == Some(1.0)
+    })
+    .await;
+    assert!(g.logged("declared caches applied"));
+}
+
+/// The same at start: a server whose config names a key file not there yet starts, serves
+/// the other caches, and converges once the file appears.
+#[tokio::test]
+async fn a_server_started_before_a_key_file_serves_the_rest_and_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("late.key");
+    let text = [declare("late", Some(&key_file)), declare("other", None)].concat();
+    let g = Garretd::start_with(Some(&text), &[]);
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.metric("garret_declared_config_applied").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        api.cache_config(Some(&admin), "other").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.cache_config(Some(&admin), "late").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let key = garret_core::nix::signing::Keypair::generate("late-1").unwrap();
+    write_atomically(&key_file, &key.to_canonical_string());
+    eventually(PATIENCE, "late is served", || async {
+        api.cache_config(Some(&admin), "late").await.0 == StatusCode::OK
+    })
+    .await;
+    eventually(PATIENCE, "the applied state is reported", || async {
+        api.metric("garret_declared_config_applied").await == Some(1.0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -144,7 +275,7 @@ async fn revoked_tokens_are_refused_within_seconds() {
         format!("{}\nsub:bob # left the team\n", jti_of(&alice)),
     )
     .unwrap();
-    eventually("alice's first token is revoked", || async {
+    eventually(PATIENCE, "alice's first token is revoked", || async {
         api.cache_config(Some(&alice), "c").await.0 == StatusCode::UNAUTHORIZED
     })
     .await;
@@ -169,7 +300,7 @@ async fn revoked_tokens_are_refused_within_seconds() {
 
     // un-revoking works the same way
     std::fs::write(&list, "").unwrap();
-    eventually("bob is allowed again", || async {
+    eventually(PATIENCE, "bob is allowed again", || async {
         api.cache_config(Some(&bob), "c").await.0 == StatusCode::OK
     })
     .await;
