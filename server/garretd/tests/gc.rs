@@ -1,11 +1,17 @@
 //! Garbage collection against a real garretd: retention expiry, chunks shared with live
 //! NARs surviving, an interrupted run finished by the next, and uploads racing GC.
+//!
+//! No test waits for the clock: GC compares whole-second timestamps with "now" minus a
+//! period, so the tests move the recorded times of the data into the past instead
+//! ([`Garretd::age_data`]); the boundaries themselves are unit-tested with an explicit
+//! `now` in `src/gc/policy.rs`.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
+use garret_core::nix::Sha256Hash;
 use reqwest::{Method, StatusCode};
 
 const CONFIG: &str = "[garbage-collection]\ninterval = 0\norphan-grace-period = 0\n";
@@ -69,7 +75,7 @@ async fn expired_objects_go_and_shared_chunks_stay() {
             StatusCode::OK
         );
     }
-    set_retention(&api, &admin, "short", 1).await;
+    set_retention(&api, &admin, "short", 3600).await;
 
     let base = noise(11, 3 << 20);
     let x = nar_of_file(&base);
@@ -85,10 +91,24 @@ async fn expired_objects_go_and_shared_chunks_stay() {
         api.upload_ok(&admin, cache, name, nar).await;
     }
     let files_before = g.chunk_files();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // two hours pass: everything in `short` is past its retention
+    g.age_data(2 * 3600);
     // a download counts as an access: w stays although it is as old as x
+    let accessed = |g: &Garretd| {
+        g.sql(&format!(
+            "SELECT COALESCE(last_accessed_at, 0) FROM objects WHERE store_path_hash = '{}'",
+            fake_hash("w")
+        ))
+        .parse::<i64>()
+        .unwrap()
+    };
+    let before = accessed(&g);
     assert_eq!(fetch_nar(&api, &admin, "short", "w").await.1, w);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // the access is recorded after the answer: wait until it is, then collect
+    eventually(PATIENCE, "the download of w is recorded", || async {
+        accessed(&g) > before
+    })
+    .await;
 
     gc(&g, &[]);
     assert_eq!(
@@ -123,8 +143,7 @@ async fn expired_objects_go_and_shared_chunks_stay() {
     );
     assert_consistent(&g);
 
-    // a second run finds nothing more to do (with a retention w cannot outlive meanwhile)
-    set_retention(&api, &admin, "short", 3600).await;
+    // a second run finds nothing more to do
     gc(&g, &[]);
     assert_eq!(g.chunk_files(), files_after);
 }
@@ -187,7 +206,8 @@ async fn a_pack_lives_as_long_as_any_of_its_chunks() {
         }
     };
     destroy("first").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // past the (zero) orphan grace period, whose whole-second clock would not have moved
+    g.age_data(60);
     gc(&g, &[]);
     assert_eq!(
         fetch_nar(&api, &admin, "second", "b").await.1,
@@ -202,7 +222,7 @@ async fn a_pack_lives_as_long_as_any_of_its_chunks() {
     );
 
     destroy("second").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    g.age_data(60);
     gc(&g, &[]);
     assert_eq!(g.count("chunks"), 0);
     assert_eq!(g.chunk_files(), 0, "the last chunk took its pack along");
@@ -218,7 +238,7 @@ async fn a_mostly_dead_pack_is_compacted() {
         .send(Method::DELETE, "_api/v1/cache-config/first", Some(&admin))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    g.age_data(60);
     let live_bytes = |g: &Garretd| -> u64 {
         g.sql("SELECT CAST(COALESCE(SUM(file_size), 0) AS BIGINT) FROM chunks WHERE state = 'V'")
             .parse()
@@ -288,23 +308,13 @@ async fn an_interrupted_run_is_finished_by_the_next() {
     );
     let gone = nar_of_file(&noise(21, 1 << 20));
     let kept = nar_of_file(&noise(22, 1 << 20));
-    api.upload(
-        Some(&admin),
-        &upload_info("tmp", "gone", &gone, &[]),
-        gone.clone(),
-    )
-    .await;
-    api.upload(
-        Some(&admin),
-        &upload_info("keep", "kept", &kept, &[]),
-        kept.clone(),
-    )
-    .await;
+    api.upload_ok(&admin, "tmp", "gone", &gone).await;
+    api.upload_ok(&admin, "keep", "kept", &kept).await;
     let r = api
         .send(Method::DELETE, "_api/v1/cache-config/tmp", Some(&admin))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    g.age_data(60);
 
     let files = g.chunk_files();
     gc(&g, &["--stop-after-mark"]);
@@ -363,6 +373,7 @@ async fn uploads_racing_gc_end_intact() {
         runs
     });
 
+    let mut raced = 0;
     for round in 0..6 {
         let eph = format!("eph{round}");
         assert_eq!(
@@ -370,47 +381,58 @@ async fn uploads_racing_gc_end_intact() {
             StatusCode::OK
         );
         let nar = nar_of_file(&[&base[..], format!("round {round}").as_bytes()].concat());
-        api.upload(
-            Some(&admin),
-            &upload_info(&eph, &format!("e{round}"), &nar, &[]),
-            nar.clone(),
-        )
-        .await;
-        // orphan it, then immediately upload a NAR that shares almost all of its chunks
-        api.send(
-            Method::DELETE,
-            &format!("_api/v1/cache-config/{eph}"),
-            Some(&admin),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (status, tries) = upload_retrying(&api, &admin, &eph, &format!("e{round}"), &nar).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "round {round}: the ephemeral upload"
+        );
+        raced += tries - 1;
+        // orphan it, past the (zero) grace period at once, then immediately upload a NAR
+        // that shares almost all of its chunks while GC is collecting them
+        let r = api
+            .send(
+                Method::DELETE,
+                &format!("_api/v1/cache-config/{eph}"),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "round {round}: destroying {eph}"
+        );
+        g.age_data(60);
         let keep = nar_of_file(&[&base[..], format!("kept {round}").as_bytes()].concat());
-        let mut status = StatusCode::SERVICE_UNAVAILABLE;
-        for _ in 0..5 {
-            let r = api
-                .upload(
-                    Some(&admin),
-                    &upload_info("keep", &format!("k{round}"), &keep, &[]),
-                    keep.clone(),
-                )
-                .await;
-            status = r.status();
-            if status != StatusCode::SERVICE_UNAVAILABLE {
-                break;
-            }
-        }
+        let (status, tries) =
+            upload_retrying(&api, &admin, "keep", &format!("k{round}"), &keep).await;
         assert_eq!(
             status,
             StatusCode::OK,
             "round {round}: the upload ends intact (after retries)"
         );
+        raced += tries - 1;
+        // the destroyed cache serves nothing
+        let r = api
+            .get(
+                &format!("{eph}/{}.narinfo", fake_hash(&format!("e{round}"))),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "round {round}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let runs = gc_loop.join().unwrap();
     assert!(runs >= 2, "GC actually ran concurrently ({runs} runs)");
+    eprintln!("{runs} GC runs; {raced} uploads answered 503 (raced with GC) and were retried");
 
     gc(&g, &[]);
     assert_consistent(&g);
+    assert_eq!(
+        assert_served_nars_verify(&g, &api, &admin).await,
+        6,
+        "the six kept paths, nothing else"
+    );
     for round in 0..6 {
         let keep = nar_of_file(&[&base[..], format!("kept {round}").as_bytes()].concat());
         assert_eq!(
@@ -421,6 +443,66 @@ async fn uploads_racing_gc_end_intact() {
             "round {round}"
         );
     }
+}
+
+/// Uploads `nar` as `name` into `cache`, retrying while the server answers 503 (an upload
+/// that raced with GC; the only other answer allowed is 200). Returns the last status and
+/// how many attempts it took.
+async fn upload_retrying(
+    api: &Api,
+    token: &str,
+    cache: &str,
+    name: &str,
+    nar: &[u8],
+) -> (StatusCode, u32) {
+    let info = upload_info(cache, name, nar, &[]);
+    for attempt in 1..=5 {
+        let r = api.upload(Some(token), &info, nar.to_vec()).await;
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+            "uploading {name} into {cache}: {status} is neither success nor a retryable race: {body}"
+        );
+        if status == StatusCode::OK {
+            return (status, attempt);
+        }
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, 5)
+}
+
+/// Every object the database holds in a live cache is served: its narinfo answers, and the
+/// NAR it points at downloads, decompresses and matches the narinfo's NarHash and NarSize.
+/// Returns how many were checked.
+async fn assert_served_nars_verify(g: &Garretd, api: &Api, token: &str) -> usize {
+    let rows = g.sql_rows(
+        "SELECT k.name || '/' || o.store_path_hash FROM objects o
+         JOIN caches k ON k.id = o.cache_id WHERE k.deleted_at IS NULL",
+    );
+    for row in &rows {
+        let r = api.get(&format!("{row}.narinfo"), Some(token)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{row}.narinfo");
+        let text = r.text().await.unwrap();
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(": "))
+                .unwrap_or_else(|| panic!("{row}.narinfo has no {k}: {text}"))
+                .to_string()
+        };
+        let cache = row.split('/').next().unwrap();
+        let body = api
+            .get(&format!("{cache}/{}", field("URL")), Some(token))
+            .await;
+        assert_eq!(body.status(), StatusCode::OK, "the NAR of {row}");
+        let nar = zstd::decode_all(&body.bytes().await.unwrap()[..]).unwrap();
+        assert_eq!(nar.len().to_string(), field("NarSize"), "{row}");
+        assert_eq!(
+            Sha256Hash::digest(&nar),
+            Sha256Hash::parse_any(&field("NarHash")).unwrap(),
+            "{row}: the NAR served matches its narinfo"
+        );
+    }
+    rows.len()
 }
 
 /// A temporary file an interrupted upload left in `.incoming` (older than the hour every
@@ -446,19 +528,12 @@ async fn gc_sweeps_stale_temporary_files_and_keeps_fresh_ones() {
         .unwrap();
     let api = g.client();
     // Poll the server's own count: the run that removed the file has reported it.
-    let mut swept = false;
-    for _ in 0..600 {
-        let metrics = api.get("metrics", None).await.text().await.unwrap();
-        if metrics
-            .lines()
-            .any(|l| l.starts_with("garret_gc_temp_files_swept_total 1"))
-        {
-            swept = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(swept, "a GC run reported sweeping one temporary file");
+    eventually(
+        PATIENCE,
+        "a GC run reported sweeping one temporary file",
+        || async { api.metric("garret_gc_temp_files_swept_total").await == Some(1.0) },
+    )
+    .await;
     assert!(!stale.exists(), "the stale temporary file was swept");
     assert!(fresh.exists(), "the fresh temporary file was kept");
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-pub use policy::{orphan_cutoff, retention_cutoff};
+pub use policy::{is_expired, is_orphan_due, orphan_cutoff, retention_cutoff};
 
 use crate::backend::DynStorage;
 use crate::db::Database;
@@ -152,13 +152,25 @@ const COMPACT_PER_RUN: i64 = 100;
 const PARALLEL_DELETES: usize = 16;
 const BATCH: i64 = 500;
 
+/// One GC run as of the clock's current time.
 pub async fn run_once(
     db: &Database,
     storage: &DynStorage,
     s: GcSettings,
     stop: StopAfter,
 ) -> anyhow::Result<GcReport> {
-    let now = unix_now();
+    run_once_at(db, storage, s, stop, unix_now()).await
+}
+
+/// One GC run as of `now` (Unix seconds): retention and the orphan grace period count back
+/// from it ([`retention_cutoff`], [`orphan_cutoff`]).
+pub async fn run_once_at(
+    db: &Database,
+    storage: &DynStorage,
+    s: GcSettings,
+    stop: StopAfter,
+    now: i64,
+) -> anyhow::Result<GcReport> {
     let mut report = GcReport::default();
     for (id, own) in db.cache_retentions().await? {
         if let Some(cutoff) = retention_cutoff(now, own, s.default_retention) {
