@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use std::time::Duration;
 
 async fn expect_error(resp: reqwest::Response, status: StatusCode, name: &str) -> String {
     assert_eq!(resp.status(), status);
@@ -299,7 +298,7 @@ async fn reuploading_a_path_replaces_its_metadata() {
 
 /// Waits for the background cleanup of refused uploads, then finds nothing stored.
 async fn assert_nothing_stored(g: &Garretd) {
-    wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+    eventually(PATIENCE, "refused uploads' chunks are removed", || async {
         g.count("chunks") == 0 && g.chunk_files() == 0
     })
     .await;
@@ -472,15 +471,16 @@ async fn an_upload_cut_off_mid_body_leaves_nothing_and_can_be_retried() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&nar[..nar.len() / 2]).await.unwrap();
-    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+    eventually(PATIENCE, "the first half is being stored", || async {
         g.count("chunks") != 0
     })
     .await;
-    assert!(g.count("chunks") > 0, "the first half was being stored");
     drop(stream);
-    wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
-        g.count("chunks") == 0 && g.chunk_files() == 0
-    })
+    eventually(
+        PATIENCE,
+        "the interrupted upload's chunks are removed",
+        || async { g.count("chunks") == 0 && g.chunk_files() == 0 },
+    )
     .await;
     assert_eq!(g.count("objects"), 0);
     assert_eq!(
@@ -588,7 +588,7 @@ async fn metrics_count_requests_uploads_and_storage() {
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_upload_finish() {
     let (g, api, admin) = server_with_cache("c", false).await;
-    let nar = nar_of_file(&noise(9, 2 << 20));
+    let nar = nar_of_file(&noise(9, 6 << 20));
     let info = upload_info("c", "slow", &nar, &[]);
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let body = reqwest::Body::wrap_stream(rx);
@@ -605,15 +605,24 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     });
     let mut tx = tx;
     use futures::SinkExt;
+    // More than a batch (2 MiB) of the NAR: the server stores chunks while the rest is
+    // still to come, which shows that it is handling the upload.
     let half = nar.len() / 2;
     tx.send(Ok(nar[..half].to_vec())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        PATIENCE,
+        "the server is storing the upload's chunks",
+        || async { g.count("chunks") > 0 },
+    )
+    .await;
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(g.pid() as i32, libc::SIGTERM) };
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // new connections are no longer accepted
-    let fresh = reqwest::Client::new().get(api.url("healthz")).send().await;
-    assert!(fresh.is_err() || fresh.unwrap().status() != StatusCode::OK);
+    eventually(PATIENCE, "new connections are refused", || async {
+        let fresh = reqwest::Client::new().get(api.url("healthz")).send().await;
+        fresh.map_or(true, |r| r.status() != StatusCode::OK)
+    })
+    .await;
     tx.send(Ok(nar[half..].to_vec())).await.unwrap();
     drop(tx);
     let resp = upload

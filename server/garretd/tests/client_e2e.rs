@@ -1,7 +1,8 @@
 //! The `garret` client end to end, against a real `garretd` and real Nix (Debian's nix-bin):
 //! make-token → login → cache create/info/configure → use (nix.conf + netrc) → push a
 //! closure → substitute into a fresh store with signature checks (public, and private via
-//! the netrc `use` wrote); an interrupted push that is re-run; and bad input.
+//! the netrc `use` wrote); an interrupted push that serves nothing and is re-run; and bad
+//! input.
 //!
 //! Every process gets its own HOME / XDG_CONFIG_HOME / NIX_CONF_DIR / XDG_CACHE_HOME, and
 //! `NIX_REMOTE` points the client's `nix` calls at the test's chroot store.
@@ -326,30 +327,56 @@ fn interrupted_push_is_completed_by_a_rerun() {
     let Some(env) = Env::new() else { return };
     let g = Garretd::start();
     let admin = g.admin_token();
-    env.garret_ok(&["login", "main", &g.url, &admin]);
+    // The client reaches the server through a relay that forwards its first 8 MiB and then
+    // holds the rest: the upload of the 50 MiB path stays in flight until the test cuts it.
+    let proxy = common::proxy::StallingProxy::start(&g.url, 8 << 20);
+    env.garret_ok(&["login", "main", &proxy.url, &admin]);
     env.garret_ok(&["cache", "create", "big", "--public"]);
     let (top, closure) = env.build_chain(50 * 1024 * 1024);
+    let hash = &top["/nix/store/".len()..][..32];
 
-    // --jobs 1 pushes the biggest path first; kill the client as soon as it starts on it.
+    // --jobs 1 pushes the biggest path first
     let mut child = env
         .garret_cmd(&["push", "big", "--jobs", "1", &top], &[])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn garret");
-    let reader = BufReader::new(child.stderr.take().expect("stderr"));
-    for line in reader.lines().map_while(Result::ok) {
-        eprintln!("[garret] {line}");
-        if line.starts_with(&format!("pushing {top}")) {
-            std::thread::sleep(std::time::Duration::from_millis(150));
-            child.kill().expect("kill");
-            break;
+    let pipe = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            eprintln!("[garret] {line}");
         }
-    }
+    });
+    eventually_blocking(
+        PATIENCE,
+        "the server storing chunks of the upload the relay holds",
+        || proxy.stalled() && g.count("chunks") > 0,
+    );
+    child.kill().expect("kill");
     let status = child.wait().expect("wait");
-    eprintln!("interrupted client exited with {status:?}");
+    assert!(!status.success(), "the push was cut short: {status:?}");
+    proxy.cut();
 
-    // nothing half-uploaded is served: the path is either absent or complete
+    // nothing half-uploaded is served, nor kept
+    eventually_blocking(
+        PATIENCE,
+        "the interrupted upload's chunks are removed",
+        || g.count("chunks") == 0 && g.chunk_files() == 0,
+    );
+    assert_eq!(g.count("objects"), 0, "no path was committed");
+    assert_eq!(g.count("nars"), 0);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for file in [format!("{hash}.narinfo"), format!("nar/{hash}.nar")] {
+        let status = rt
+            .block_on(reqwest::get(format!("{}/big/{file}", g.url)))
+            .expect("GET")
+            .status();
+        assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{file}");
+    }
+
+    // the same push, re-run (straight to the server), completes
+    env.garret_ok(&["login", "main", &g.url, &admin]);
     let out = env.garret(&["push", "big", &top]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
@@ -420,6 +447,16 @@ fn bad_input_gives_clear_errors_and_exit_code_1() {
     );
 }
 
+/// A child process killed (and reaped) when the test is done with it, also on a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn watch_store_pushes_new_paths() {
     let Some(env) = Env::new() else { return };
@@ -441,33 +478,38 @@ fn watch_store_pushes_new_paths() {
             &[],
         )
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn watch-store");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pipe = child.stderr.take().expect("stderr");
+    let child = KillOnDrop(child);
+    // it has listed the store once it says it is watching: what appears after is new
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            eprintln!("[garret] {line}");
+            if line.starts_with("Watching ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(PATIENCE)
+        .expect("watch-store says it is watching");
     let (top, closure) = env.build_chain(1000);
     // uploads run in parallel: wait until the whole closure is there, not just the top
     let urls: Vec<String> = closure
         .iter()
         .map(|p| format!("{}/w/{}.narinfo", g.url, &p["/nix/store/".len()..][..32]))
         .collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut found = false;
-    while std::time::Instant::now() < deadline {
-        let all = urls.iter().all(|url| {
+    eventually_blocking(PATIENCE, &format!("watch-store pushing {top}"), || {
+        urls.iter().all(|url| {
             rt.block_on(reqwest::get(url))
                 .map(|r| r.status())
                 .is_ok_and(|s| s.is_success())
-        });
-        if all {
-            found = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(found, "watch-store did not push {top}");
+        })
+    });
+    drop(child);
     env.garret_ok(&["use", "w"]);
     let out = env.substitute(&env.store("B"), &top, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
