@@ -59,9 +59,25 @@ async fn owned_config_map_is_garbage_collected_with_its_owner() {
         .await
         .expect("create bystander");
 
-    // While the owner lives, the garbage collector leaves the child alone.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(api.get_opt("owned").await.expect("get").is_some());
+    // While the owner lives, the garbage collector leaves the child alone. To know the
+    // collector has looked (rather than sleeping and hoping), a probe created after the
+    // child names an owner that does not exist: the collector handles events in order, so
+    // once it has removed the probe it has seen the child and its live owner.
+    let mut ghost = config_map("ghost-owner", None);
+    ghost.metadata.uid = Some("00000000-0000-4000-8000-00000000dead".into());
+    api.create(&PostParams::default(), &config_map("probe", Some(&ghost)))
+        .await
+        .expect("create probe");
+    wait_for(GC, "the probe with a missing owner to be collected", || {
+        let api = api.clone();
+        async move { Ok(api.get_opt("probe").await?.is_none().then_some(())) }
+    })
+    .await
+    .expect("probe collected");
+    assert!(
+        api.get_opt("owned").await.expect("get").is_some(),
+        "a child whose owner lives is kept"
+    );
 
     api.delete("owner", &DeleteParams::background())
         .await
