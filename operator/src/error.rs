@@ -34,6 +34,9 @@ pub enum Error {
 
     #[error("serialize: {0}")]
     Serialize(String),
+
+    #[error("leader election: {0}")]
+    Leader(String),
 }
 
 impl Error {
@@ -54,6 +57,7 @@ impl Error {
             Error::Token { .. } => "TokenError",
             Error::Finalizer(_) => "FinalizerError",
             Error::Serialize(_) => "InternalError",
+            Error::Leader(_) => "LeaderElection",
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod condition;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod leader;
 pub mod token;
 pub mod types;
 
