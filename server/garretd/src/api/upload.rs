@@ -2,7 +2,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
@@ -181,6 +181,7 @@ fn validate(info: &UploadPathNarInfo) -> ServerResult<(StorePath, NarClaim)> {
 pub async fn upload_path(
     State(state): State<SharedState>,
     caller: Caller,
+    version: Version,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -197,8 +198,11 @@ pub async fn upload_path(
         }
         Err(e) => {
             let mut resp = e.into_response();
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            // (HTTP/2 has no such header: there the unread stream is reset instead.)
+            if version <= Version::HTTP_11 {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             resp
         }
     }
