@@ -23,7 +23,7 @@ pub use key::{generate_hs256, generate_rs256, Algorithm, SigningKey, TokenKeys};
 pub use mint::{mint, new_jti, parse_validity, MakeToken};
 pub use pattern::CachePattern;
 pub use permission::Permission;
-pub use revocation::RevocationList;
+pub use revocation::{parse_entries, Entry as RevocationEntry, RevocationList};
 pub use verify::{Rejection, Verifier};
 
 /// Failures while loading keys, building or minting tokens.

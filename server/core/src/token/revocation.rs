@@ -1,10 +1,75 @@
-//! Revoked tokens: a plain list, one entry per line — a token's `jti`, or `sub:<subject>`
-//! to revoke every token of a subject. `#` starts a comment. Kept as a file so a mounted
-//! ConfigMap or Secret can change it in place.
+//! Revoked tokens: a plain list, one entry per line — a token's `jti`, optionally followed by
+//! the token's `exp` (Unix seconds), or `sub:<subject>` to revoke every token of a subject.
+//! `#` starts a comment. Kept as a file so a mounted ConfigMap or Secret can change it in
+//! place.
+//!
+//! ```text
+//! # <jti> [<exp>]  # free text
+//! 3f9c0a5e2b7d4e8f9a1b2c3d4e5f6a7b 1800000000  # default/ci Deleted 2026-12-01T14:00:00Z
+//! sub:mallory
+//! ```
+//!
+//! The `exp` is for whoever maintains the list (the operator drops an entry once it has
+//! passed, since an expired token is refused anyway); the server itself only matches ids.
 
 use std::collections::HashSet;
 
 use super::Claims;
+
+/// One line of a revocation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// A `jti`, or `sub:<subject>`.
+    pub id: String,
+    /// The revoked token's `exp`, when the line gives one.
+    pub exp: Option<i64>,
+    /// Text after `#`, trimmed (empty when none).
+    pub comment: String,
+}
+
+impl Entry {
+    /// Whether this entry can be dropped at `now`: its token has expired. Entries without an
+    /// `exp` (and subject entries) stay until removed by hand.
+    pub fn expired(&self, now: i64) -> bool {
+        self.exp.is_some_and(|exp| exp <= now)
+    }
+
+    /// The line for this entry, without a newline. Ids and comments are single-line by
+    /// construction ([`parse_entries`] never yields anything else; callers building entries
+    /// pass `jti`s and their own text, whose line breaks are replaced here).
+    pub fn render(&self) -> String {
+        let mut line = self.id.clone();
+        if let Some(exp) = self.exp {
+            line.push(' ');
+            line.push_str(&exp.to_string());
+        }
+        let comment = self.comment.replace(['\n', '\r'], " ");
+        if !comment.is_empty() {
+            line.push_str("  # ");
+            line.push_str(comment.trim());
+        }
+        line
+    }
+}
+
+/// Every entry of a list, in file order. Blank and comment-only lines are skipped; a line's
+/// first field is its id, a second field is its `exp` if it is an integer (anything else
+/// after the id is ignored, so later formats can add fields).
+pub fn parse_entries(text: &str) -> Vec<Entry> {
+    text.lines()
+        .filter_map(|line| {
+            let (entry, comment) = line.split_once('#').unwrap_or((line, ""));
+            let mut fields = entry.split_whitespace();
+            let id = fields.next()?;
+            let exp = fields.next().and_then(|f| f.parse::<i64>().ok());
+            Some(Entry {
+                id: id.to_string(),
+                exp,
+                comment: comment.trim().to_string(),
+            })
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationList {
@@ -15,14 +80,10 @@ pub struct RevocationList {
 impl RevocationList {
     pub fn parse(text: &str) -> RevocationList {
         let mut list = RevocationList::default();
-        for line in text.lines() {
-            let entry = line.split('#').next().unwrap_or_default().trim();
-            if entry.is_empty() {
-                continue;
-            }
-            match entry.strip_prefix("sub:") {
+        for entry in parse_entries(text) {
+            match entry.id.strip_prefix("sub:") {
                 Some(sub) => list.subjects.insert(sub.trim().to_string()),
-                None => list.jtis.insert(entry.to_string()),
+                None => list.jtis.insert(entry.id),
             };
         }
         list
@@ -65,5 +126,62 @@ mod tests {
         assert!(list.is_revoked(&claims("mallory", "x")));
         assert!(!list.is_revoked(&claims("alice", "x")));
         assert!(!list.is_revoked(&Claims::default()));
+    }
+
+    #[test]
+    fn entries_carry_an_optional_exp() {
+        let text = "abc 1800000000  # default/ci Deleted\ndef\nghi notanumber\n# only a comment\n";
+        let entries = parse_entries(text);
+        assert_eq!(
+            entries,
+            vec![
+                Entry {
+                    id: "abc".into(),
+                    exp: Some(1_800_000_000),
+                    comment: "default/ci Deleted".into()
+                },
+                Entry {
+                    id: "def".into(),
+                    exp: None,
+                    comment: String::new()
+                },
+                Entry {
+                    id: "ghi".into(),
+                    exp: None,
+                    comment: String::new()
+                },
+            ]
+        );
+        let list = RevocationList::parse(text);
+        assert!(
+            list.is_revoked(&claims("x", "abc")),
+            "the exp is not part of the id"
+        );
+        assert!(list.is_revoked(&claims("x", "ghi")));
+        assert!(entries[0].expired(1_800_000_000) && !entries[0].expired(1_799_999_999));
+        assert!(!entries[1].expired(i64::MAX), "no exp: kept");
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let e = Entry {
+            id: "abc".into(),
+            exp: Some(42),
+            comment: "a\nb".into(),
+        };
+        assert_eq!(e.render(), "abc 42  # a b");
+        assert_eq!(
+            parse_entries(&e.render()),
+            vec![Entry {
+                comment: "a b".into(),
+                ..e
+            }]
+        );
+        let bare = Entry {
+            id: "x".into(),
+            exp: None,
+            comment: String::new(),
+        };
+        assert_eq!(bare.render(), "x");
     }
 }

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::Json;
 
 use super::auth::{authorize, Caller};
@@ -19,15 +19,22 @@ pub async fn get_config(
     State(state): State<SharedState>,
     caller: Caller,
     headers: HeaderMap,
+    uri: Uri,
     Path(cache): Path<String>,
 ) -> ServerResult<Json<CacheConfig>> {
+    let authority = uri.authority().map(|a| a.as_str());
     let name = parse_cache(&cache)?;
     let c = authorize(&state, &caller, name.as_str(), |p| p.pull).await?;
     let row = &c.row;
     Ok(Json(CacheConfig {
         keypair: None,
-        substituter_endpoint: Some(substituter_endpoint(&state.config, &headers, &row.name)),
-        api_endpoint: Some(api_endpoint(&state.config, &headers)),
+        substituter_endpoint: Some(substituter_endpoint(
+            &state.config,
+            &headers,
+            authority,
+            &row.name,
+        )),
+        api_endpoint: Some(api_endpoint(&state.config, &headers, authority)),
         public_key: Some(c.keypair.public_key().to_canonical_string()),
         is_public: Some(row.is_public),
         store_dir: Some(row.store_dir.clone()),

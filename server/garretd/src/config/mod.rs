@@ -290,8 +290,11 @@ impl Default for HttpConfig {
 pub struct JwtConfig {
     pub token_bound_issuer: Option<String>,
     pub token_bound_audiences: Option<Vec<String>>,
-    /// Garret: a file listing revoked tokens, one `jti` (or `sub:<subject>`) per line;
-    /// re-read whenever it changes.
+    /// Garret: a file listing revoked tokens, one `jti` (optionally followed by the token's
+    /// `exp`) or `sub:<subject>` per line (format: `garret_core::token::parse_entries`).
+    /// Polled every `watch::POLL` (2 s) by content, so a ConfigMap's symlink swap is seen;
+    /// a listed token is refused from the next request after the reload, cached verdicts
+    /// included.
     pub revocation_list: Option<PathBuf>,
     pub signing: Option<JwtSigning>,
     /// Garret: clock-skew allowance in seconds for `nbf` and `iat`, so a token minted on a
