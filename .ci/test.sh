@@ -15,3 +15,4 @@ if [ -n "${GARRET_TEST_POSTGRES_URL:-}" ]; then
     echo "==> server tests on PostgreSQL"
     GARRET_TEST_DATABASE=postgres cargo test -p garretd --locked --no-fail-fast --tests
 fi
+bash .ci/fuzz.sh

@@ -77,7 +77,8 @@ printf 'sha256:%s' $HEX > $C/nix32/seed-typed-hex
 printf 'sha256-3zQE6vFIFQbbnKFV4KhxtbTSLmKpaWHov0rRqMpSUzA=' > $C/nix32/seed-sri
 printf '%s' $H > $C/nix32/seed-storehash
 
-# --- tokens: mode byte 0 = claims JSON signed by the target; 1 = a whole token ---
+# --- tokens: mode byte 0 = claims JSON signed by the target; 1 = a whole token; 2 = claims
+# signed by the target, checked against a bound issuer and audience ---
 NS='https://jwt.attic.rs/v1'
 claims=(
   "{\"sub\":\"alice\",\"exp\":1900000000,\"nbf\":1700000000,\"iat\":1700000000,\"jti\":\"0b7e\",\"$NS\":{\"caches\":{\"team-*\":{\"r\":1,\"w\":1},\"oss\":{\"r\":1}}}}"
@@ -97,6 +98,8 @@ sys.stdout.write((inp + b"." + b(sig)).decode())
 PY
     i=$((i + 1))
 done
+
+{ printf '\x02'; printf '%s' "${claims[1]}"; } > $C/token/seed-bound1
 
 # --- upload info ---
 info="{\"cache\":\"team-ci\",\"store_path_hash\":\"$H\",\"store_path\":\"/nix/store/$H-hello-2.12\",\"references\":[\"$H-hello-2.12\",\"0hjszid30ak3rkzvc3m94c3risg8wz2h-glibc-2.40\"],\"system\":\"x86_64-linux\",\"deriver\":\"16mvl7v0ylzcg2n3xzjn41qhzbmgcn5i-hello-2.12.drv\",\"sigs\":[\"k-1:AAAA\"],\"ca\":\"fixed:r:sha256:$N32\",\"nar_hash\":\"sha256:$HEX\",\"nar_size\":226552}"
