@@ -113,6 +113,7 @@ where
         Some(ended) => ended,
         None => {
             tracing::info!(identity = %election.identity, "leading: starting the controllers");
+            crate::metrics::global().leader.set(1);
             tokio::pin!(work);
             let mut check = tokio::time::interval(election.grace.max(Duration::from_secs(1)));
             let mut confirmed = Instant::now();
@@ -141,6 +142,7 @@ where
             // `work` is dropped here, before the Lease can pass to anyone else.
         }
     };
+    crate::metrics::global().leader.set(0);
     tracing::info!(identity = %election.identity, ?ended, "leaving the election");
     // Closing the channel makes the watcher release the Lease (if held) and stop.
     drop(leading);

@@ -25,6 +25,7 @@ pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod leader;
+pub mod metrics;
 pub mod token;
 pub mod types;
 
