@@ -494,7 +494,8 @@ async fn assert_served_nars_verify(g: &Garretd, api: &Api, token: &str) -> usize
             .get(&format!("{cache}/{}", field("URL")), Some(token))
             .await;
         assert_eq!(body.status(), StatusCode::OK, "the NAR of {row}");
-        let nar = zstd::decode_all(&body.bytes().await.unwrap()[..]).unwrap();
+        let nar = zstd::decode_all(&body.bytes().await.unwrap()[..])
+            .unwrap_or_else(|e| panic!("the NAR of {row} does not decompress: {e}"));
         assert_eq!(nar.len().to_string(), field("NarSize"), "{row}");
         assert_eq!(
             Sha256Hash::digest(&nar),
