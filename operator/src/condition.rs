@@ -65,6 +65,19 @@ pub fn merge(
     out
 }
 
+/// Like [`merge`], for a `wanted` that is the object's whole set of conditions: types not in
+/// it (such as ones an older operator wrote) are dropped.
+pub fn set(
+    current: &[Condition],
+    wanted: &[Wanted],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let mut out = merge(current, wanted, generation, now);
+    out.retain(|c| wanted.iter().any(|w| w.type_ == c.type_));
+    out
+}
+
 /// The status of condition `type_`, if present.
 pub fn is_true(conditions: &[Condition], type_: &str) -> Option<bool> {
     conditions
@@ -108,6 +121,28 @@ mod tests {
         );
         assert_eq!(flipped[0].last_transition_time, t(30));
         assert_eq!(flipped[0].status, "True");
+    }
+
+    #[test]
+    fn set_drops_types_it_does_not_name() {
+        let old = merge(
+            &[],
+            &[
+                Wanted::new("Degraded", false, "Ok", ""),
+                Wanted::new("Ready", false, "Waiting", ""),
+            ],
+            Some(1),
+            &t(1),
+        );
+        let new = set(
+            &old,
+            &[Wanted::new("Ready", true, "Ok", "")],
+            Some(1),
+            &t(2),
+        );
+        assert_eq!(new.len(), 1);
+        assert_eq!(is_true(&new, "Ready"), Some(true));
+        assert_eq!(new[0].last_transition_time, t(2));
     }
 
     #[test]

@@ -21,13 +21,15 @@ use super::{
 use crate::condition::Wanted;
 use crate::desired::meta::{key_of, normal_event};
 use crate::desired::{self, secrets, status, Children, Names, Observed, Validated};
-use crate::types::{BinaryCache, CacheStatus, ReclaimPolicy};
+use crate::types::{BinaryCache, ReclaimPolicy};
 use crate::{Error, Result};
 
 /// Finalizer that applies `reclaimPolicy` to the volume and key Secrets on deletion.
 pub const FINALIZER: &str = "garret.dev/reclaim";
 
-/// The BinaryCache controller, watching its owned children.
+/// The BinaryCache controller, watching its owned children. The Deployment is among them, so
+/// a pod becoming ready (or not) changes the Deployment's status and wakes the BinaryCache,
+/// whose status then follows.
 pub async fn controller(client: Client, settings: Settings) {
     let ns = &settings.namespace;
     let caches = scoped_api::<BinaryCache>(&client, ns);
@@ -39,7 +41,11 @@ pub async fn controller(client: Client, settings: Settings) {
         .owns(deployments, children_only())
         .owns(config_maps, children_only())
         .owns(services, children_only())
-        .run(reconcile, error_policy, ctx);
+        .run(
+            |obj, ctx| crate::metrics::timed("BinaryCache", reconcile(obj, ctx)),
+            error_policy,
+            ctx,
+        );
     drain(stream).await;
 }
 
@@ -87,8 +93,12 @@ async fn pipeline(bc: &BinaryCache, ctx: &Context) -> Result<Action> {
     let children = desired::desired(&v, &observed);
     let deployment = apply_children(bc, ctx, &v, &children).await?;
     let wanted = status::readiness(v.spec.replicas, &deployment);
-    let implied = (children.endpoint.as_str(), children.caches.as_slice());
-    write_status(bc, ctx, &wanted, Some(implied)).await?;
+    let applied = status::Applied {
+        endpoint: &children.endpoint,
+        caches: &children.caches,
+        replicas: status::Replicas::of(&deployment),
+    };
+    write_status(bc, ctx, &wanted, Some(applied)).await?;
     if let Some(ev) = status::readiness_event(bc, &wanted) {
         ctx.event(bc, &ev).await;
     }
@@ -184,9 +194,9 @@ async fn write_status(
     bc: &BinaryCache,
     ctx: &Context,
     wanted: &[Wanted],
-    children: Option<(&str, &[CacheStatus])>,
+    applied: Option<status::Applied<'_>>,
 ) -> Result<()> {
-    let status = status::status(bc, wanted, children, &now());
+    let status = status::status(bc, wanted, applied, &now());
     let api: Api<BinaryCache> = ctx.api(&bc.namespace().unwrap_or_default());
     patch_status(&api, bc, &status).await
 }

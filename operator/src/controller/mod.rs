@@ -96,10 +96,9 @@ impl Context {
     }
 
     fn note_success(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(key);
+        map.remove(&format!("wait:{key}"));
     }
 }
 
@@ -115,11 +114,29 @@ pub fn children_only() -> kube::runtime::watcher::Config {
     kube::runtime::watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
 }
 
-/// Requeue after an error with per-object back-off.
+/// How long to wait for something expected to appear (a Secret the other controller is
+/// writing, a BinaryCache not applied yet) before looking again after `waits` looks: 1 s,
+/// 2 s, 4 s … capped at 30 s. Watches usually wake the object earlier (a BinaryCache appearing
+/// or getting its key wakes its tokens).
+pub fn wait_retry(waits: u32) -> Duration {
+    let exp = waits.saturating_sub(1).min(5);
+    Duration::from_secs((1u64 << exp).min(30))
+}
+
+/// Requeue after an error. An expected wait ([`Error::Dependency`]: a BinaryCache or its key
+/// Secret not there yet, as on every first apply) is logged at info and retried on its own
+/// short schedule ([`wait_retry`]), without counting as a failure; anything else is a warning
+/// with per-object back-off ([`backoff`]).
 pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    let n = ctx.note_failure(key_of(obj.as_ref()));
+    let key = key_of(obj.as_ref());
+    if let Error::Dependency(_) = error {
+        let delay = wait_retry(ctx.note_failure(format!("wait:{key}")));
+        tracing::info!(object = %key, reason = %error, retry = ?delay, "waiting");
+        return Action::requeue(delay);
+    }
+    let n = ctx.note_failure(key.clone());
     let delay = backoff(n);
-    tracing::warn!(object = %key_of(obj.as_ref()), %error, failures = n, ?delay, "reconcile failed");
+    tracing::warn!(object = %key, %error, failures = n, ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -251,5 +268,12 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(10));
         assert_eq!(backoff(4), Duration::from_secs(40));
         assert_eq!(backoff(50), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn waits_are_short_and_capped() {
+        assert_eq!(wait_retry(1), Duration::from_secs(1));
+        assert_eq!(wait_retry(3), Duration::from_secs(4));
+        assert_eq!(wait_retry(100), Duration::from_secs(30));
     }
 }

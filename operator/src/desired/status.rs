@@ -1,16 +1,43 @@
-//! What a BinaryCache's status says, as pure functions: conditions from the applied
-//! Deployment (or from the failure), merged the Kubernetes way (see `condition`), plus the
-//! endpoint and public keys [`super::desired`] implies. The controller only writes the result.
+//! What a BinaryCache's status says, as pure functions: the kstatus conditions (`Ready`,
+//! `Reconciling`, `Stalled`) from the applied Deployment (or from the failure), merged the
+//! Kubernetes way (see `condition`), the replica counts, and the endpoint and per-cache
+//! substituter URL and public key [`super::desired`] implies. The controller only writes the
+//! result.
+//!
+//! kstatus (Flux, Helm 4 `--wait`, `kubectl wait`-style tools) reads `observedGeneration`,
+//! `Reconciling` and `Stalled`; Argo CD reads them through the `health.lua` shipped in
+//! `charts/garret-operator/argocd/`. The three conditions are always written together, so
+//! the readings agree:
+//!
+//! | situation | Ready | Reconciling | Stalled | kstatus | Argo CD |
+//! |---|---|---|---|---|---|
+//! | all replicas available | True | False | False | Current | Healthy |
+//! | rolling out, waiting for pods, retrying a failure | False | True | False | InProgress | Progressing |
+//! | invalid spec, rollout past its progress deadline | False | False | True | Failed | Degraded |
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::meta::{normal_event, Note};
 use crate::condition::{self, Wanted};
-use crate::types::{BinaryCache, BinaryCacheStatus, CacheStatus};
+use crate::types::{BinaryCache, BinaryCacheStatus, CacheEndpoint, CacheStatus};
 use crate::Error;
 
-/// Ready / Progressing / Degraded from what the Deployment reports. Only the Deployment
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// The three conditions in one state: `(ready, reconciling, stalled)` by the same reason.
+fn conditions(state: (bool, bool, bool), reason: &'static str, msg: &str) -> [Wanted; 3] {
+    let (ready, reconciling, stalled) = state;
+    [
+        Wanted::new(READY, ready, reason, msg),
+        Wanted::new(RECONCILING, reconciling, reason, msg),
+        Wanted::new(STALLED, stalled, reason, msg),
+    ]
+}
+
+/// Ready / Reconciling / Stalled from what the Deployment reports. Only the Deployment
 /// controller's own accounting counts: no pod has passed `/readyz`, no readiness.
 pub fn readiness(want: i32, d: &Deployment) -> [Wanted; 3] {
     let status = d.status.clone().unwrap_or_default();
@@ -18,60 +45,102 @@ pub fn readiness(want: i32, d: &Deployment) -> [Wanted; 3] {
         status.observed_generation == d.metadata.generation && d.metadata.generation.is_some();
     let available = status.available_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
-    let ready = observed && available >= want && updated >= want;
     let msg = format!("{available}/{want} replicas available");
-    if ready {
-        [
-            Wanted::new("Ready", true, "Available", msg.clone()),
-            Wanted::new("Progressing", false, "Complete", msg.clone()),
-            Wanted::new("Degraded", false, "Available", msg),
-        ]
-    } else {
-        [
-            Wanted::new("Ready", false, "WaitingForReplicas", msg.clone()),
-            Wanted::new("Progressing", true, "Rollout", msg.clone()),
-            Wanted::new("Degraded", false, "Progressing", msg),
-        ]
+    if observed && available >= want && updated >= want {
+        return conditions((true, false, false), "Available", &msg);
     }
+    // The Deployment controller gave up on this rollout: only a change helps.
+    let deadline = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let (true, Some(c)) = (observed, deadline) {
+        let why = c.message.clone().unwrap_or_default();
+        return conditions(
+            (false, false, true),
+            "ProgressDeadlineExceeded",
+            &format!("{msg}: {why}"),
+        );
+    }
+    conditions((false, true, false), "RollingOut", &msg)
 }
 
 /// Conditions for a spec [`super::validate`] rejected: nothing is applied until it changes.
 pub fn invalid(msg: &str) -> [Wanted; 3] {
-    [
-        Wanted::new("Ready", false, "InvalidSpec", msg),
-        Wanted::new("Progressing", false, "InvalidSpec", msg),
-        Wanted::new("Degraded", true, "InvalidSpec", msg),
-    ]
+    conditions((false, false, true), "InvalidSpec", msg)
 }
 
-/// Conditions after a failed apply; back-off retries it.
-pub fn failed(e: &Error) -> [Wanted; 2] {
-    [
-        Wanted::new("Ready", false, e.reason(), e.to_string()),
-        Wanted::new("Degraded", true, e.reason(), e.to_string()),
-    ]
+/// Conditions after a failed apply; back-off retries it, so it is still reconciling.
+pub fn failed(e: &Error) -> [Wanted; 3] {
+    conditions((false, true, false), e.reason(), &e.to_string())
 }
 
-/// The status to write: `wanted` merged into the current conditions at `now`; endpoint and
-/// public keys replaced when `children` is given (a successful apply), else kept.
+/// Desired and ready pods, as the Deployment reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicas {
+    pub desired: i32,
+    pub ready: i32,
+}
+
+impl Replicas {
+    pub fn of(d: &Deployment) -> Replicas {
+        Replicas {
+            desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            ready: d
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// What a successful apply tells status.
+#[derive(Clone, Copy, Debug)]
+pub struct Applied<'a> {
+    pub endpoint: &'a str,
+    pub caches: &'a [CacheStatus],
+    pub replicas: Replicas,
+}
+
+/// The substituter URL of cache `name` behind `endpoint` (which ends in `/`).
+pub fn substituter(endpoint: &str, name: &str) -> String {
+    format!("{}/{name}", endpoint.trim_end_matches('/'))
+}
+
+/// The status to write: `wanted` (the whole set of conditions) merged into the current
+/// conditions at `now`; endpoint, caches and replicas replaced when `applied` is given (a
+/// successful apply), else kept.
 pub fn status(
     bc: &BinaryCache,
     wanted: &[Wanted],
-    children: Option<(&str, &[CacheStatus])>,
+    applied: Option<Applied<'_>>,
     now: &Time,
 ) -> BinaryCacheStatus {
     let current = bc.status.clone().unwrap_or_default();
     let generation = bc.metadata.generation;
-    let (endpoint, caches) = match children {
-        Some((endpoint, caches)) => (Some(endpoint.to_string()), caches.to_vec()),
-        None => (current.endpoint, current.caches),
-    };
-    BinaryCacheStatus {
+    let mut status = BinaryCacheStatus {
         observed_generation: generation,
-        conditions: condition::merge(&current.conditions, wanted, generation, now),
-        endpoint,
-        caches,
+        conditions: condition::set(&current.conditions, wanted, generation, now),
+        ..current
+    };
+    if let Some(a) = applied {
+        status.endpoint = Some(a.endpoint.to_string());
+        status.caches = a
+            .caches
+            .iter()
+            .map(|c| CacheEndpoint {
+                name: c.name.clone(),
+                substituter: substituter(a.endpoint, &c.name),
+                public_key: c.public_key.clone(),
+            })
+            .collect();
+        status.replicas = Some(a.replicas.desired);
+        status.ready_replicas = Some(a.replicas.ready);
+        status.replica_status = Some(format!("{}/{}", a.replicas.ready, a.replicas.desired));
     }
+    status
 }
 
 /// The Event marking a change of readiness (`Ready` or `Progressing`), if there was one.
@@ -79,7 +148,7 @@ pub fn readiness_event(bc: &BinaryCache, wanted: &[Wanted; 3]) -> Option<Note> {
     let was_ready = bc
         .status
         .as_ref()
-        .and_then(|s| condition::is_true(&s.conditions, "Ready"));
+        .and_then(|s| condition::is_true(&s.conditions, READY));
     let ready = wanted[0].status;
     (was_ready != Some(ready)).then(|| {
         let reason = if ready { "Ready" } else { "Progressing" };
@@ -96,7 +165,9 @@ mod tests {
     fn deployment(generation: i64, observed: i64, available: i32) -> Deployment {
         serde_json::from_value(json!({
             "metadata": {"name": "main", "generation": generation},
-            "status": {"observedGeneration": observed, "availableReplicas": available, "updatedReplicas": available}
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+            "status": {"observedGeneration": observed, "availableReplicas": available,
+                       "updatedReplicas": available, "readyReplicas": available}
         }))
         .expect("deployment")
     }
@@ -105,18 +176,54 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).expect("time"))
     }
 
+    fn states(w: &[Wanted; 3]) -> (bool, bool, bool) {
+        (w[0].status, w[1].status, w[2].status)
+    }
+
+    fn applied<'a>(keys: &'a [CacheStatus], d: &Deployment) -> Applied<'a> {
+        Applied {
+            endpoint: "http://e/",
+            caches: keys,
+            replicas: Replicas::of(d),
+        }
+    }
+
     #[test]
     fn ready_only_when_the_deployment_says_so() {
         let fresh = readiness(1, &deployment(1, 0, 0));
-        assert!(!fresh[0].status && fresh[1].status && !fresh[2].status);
+        assert_eq!(states(&fresh), (false, true, false), "rolling out");
+        assert_eq!(fresh[1].type_, RECONCILING);
         let stale = readiness(1, &deployment(2, 1, 1));
         assert!(
             !stale[0].status,
             "status of an older generation does not count"
         );
         let done = readiness(1, &deployment(2, 2, 1));
-        assert!(done[0].status && !done[1].status);
+        assert_eq!(states(&done), (true, false, false));
         assert_eq!(done[0].message, "1/1 replicas available");
+    }
+
+    #[test]
+    fn a_rollout_past_its_deadline_is_stalled() {
+        let mut d = deployment(1, 1, 0);
+        let status = d.status.as_mut().expect("status");
+        status.conditions = Some(vec![serde_json::from_value(json!({
+            "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet \"main-1\" has timed out progressing."
+        }))
+        .expect("condition")]);
+        let w = readiness(1, &d);
+        assert_eq!(states(&w), (false, false, true));
+        assert_eq!(w[2].reason, "ProgressDeadlineExceeded");
+        assert!(w[2].message.contains("timed out"), "{}", w[2].message);
+    }
+
+    #[test]
+    fn invalid_specs_stall_and_failures_keep_reconciling() {
+        assert_eq!(states(&invalid("x")), (false, false, true));
+        let f = failed(&Error::Dependency("x".into()));
+        assert_eq!(states(&f), (false, true, false));
+        assert_eq!(f[0].reason, "DependencyNotReady");
     }
 
     #[test]
@@ -134,39 +241,90 @@ mod tests {
     }
 
     #[test]
-    fn failures_keep_endpoint_and_keys() {
+    fn applied_status_has_replicas_and_nix_conf_values() {
+        let bc = binary_cache(MINIMAL);
+        let keys = [CacheStatus {
+            name: "team".into(),
+            public_key: "team:k".into(),
+        }];
+        let d = deployment(1, 1, 1);
+        let s = status(&bc, &readiness(1, &d), Some(applied(&keys, &d)), &t(1));
+        assert_eq!(s.observed_generation, bc.metadata.generation);
+        assert_eq!((s.replicas, s.ready_replicas), (Some(1), Some(1)));
+        assert_eq!(s.replica_status.as_deref(), Some("1/1"));
+        assert_eq!(
+            s.caches,
+            [CacheEndpoint {
+                name: "team".into(),
+                substituter: "http://e/team".into(),
+                public_key: "team:k".into(),
+            }]
+        );
+        let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Ready", "Reconciling", "Stalled"]);
+        assert!(s
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == bc.metadata.generation));
+    }
+
+    #[test]
+    fn old_condition_types_are_dropped_and_times_kept() {
+        let mut bc = binary_cache(MINIMAL);
+        bc.status = Some(BinaryCacheStatus {
+            conditions: condition::merge(
+                &[],
+                &[
+                    Wanted::new("Progressing", true, "Rollout", ""),
+                    Wanted::new("Degraded", false, "Progressing", ""),
+                ],
+                Some(1),
+                &t(1),
+            ),
+            ..BinaryCacheStatus::default()
+        });
+        let waiting = readiness(1, &deployment(1, 0, 0));
+        bc.status = Some(status(&bc, &waiting, None, &t(2)));
+        let again = status(&bc, &waiting, None, &t(3));
+        assert_eq!(again.conditions.len(), 3);
+        assert!(again
+            .conditions
+            .iter()
+            .all(|c| c.last_transition_time == t(2)));
+    }
+
+    #[test]
+    fn failures_keep_endpoint_keys_and_replicas() {
         let mut bc = binary_cache(MINIMAL);
         let keys = [CacheStatus {
             name: "team".into(),
             public_key: "team:k".into(),
         }];
+        let d = deployment(1, 0, 0);
         bc.status = Some(status(
             &bc,
-            &readiness(1, &deployment(1, 0, 0)),
-            Some(("http://e/", &keys)),
+            &readiness(1, &d),
+            Some(applied(&keys, &d)),
             &t(1),
         ));
         let invalid = status(&bc, &invalid("replicas: bad"), None, &t(2));
         assert_eq!(invalid.endpoint.as_deref(), Some("http://e/"));
-        assert_eq!(invalid.caches, keys);
+        assert_eq!(invalid.caches.len(), 1);
+        assert_eq!(invalid.replica_status.as_deref(), Some("0/1"));
+        assert_eq!(condition::is_true(&invalid.conditions, STALLED), Some(true));
         assert_eq!(
-            condition::is_true(&invalid.conditions, "Degraded"),
-            Some(true)
-        );
-        assert_eq!(
-            condition::is_true(&invalid.conditions, "Progressing"),
+            condition::is_true(&invalid.conditions, RECONCILING),
             Some(false)
         );
         let failed = status(&bc, &failed(&Error::Dependency("x".into())), None, &t(3));
         let ready = failed
             .conditions
             .iter()
-            .find(|c| c.type_ == "Ready")
+            .find(|c| c.type_ == READY)
             .expect("Ready");
         assert_eq!(ready.reason, "DependencyNotReady");
-        // Progressing is not part of a failure: it keeps what the last apply said.
         assert_eq!(
-            condition::is_true(&failed.conditions, "Progressing"),
+            condition::is_true(&failed.conditions, RECONCILING),
             Some(true)
         );
     }

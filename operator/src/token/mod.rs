@@ -205,30 +205,36 @@ pub fn desired(v: &Validated, o: &Observed, outcome: Outcome) -> Children {
     }
 }
 
-/// Conditions when the current token is in place.
-pub fn ready_conditions(v: &Validated, issued: &Issued) -> [Wanted; 2] {
+/// Conditions when the current token is in place: `Ready`, cert-manager's `Issuing`, and
+/// kstatus' abnormal-true `Reconciling`/`Stalled` (see `desired::status`).
+pub fn ready_conditions(v: &Validated, issued: &Issued) -> [Wanted; 4] {
     let msg = format!(
         "token revision {} in Secret {}",
         issued.revision, v.secret_name
     );
     [
-        Wanted::new("Ready", true, "Issued", msg),
+        Wanted::new("Ready", true, "Issued", msg.clone()),
         Wanted::new(
             "Issuing",
             false,
             "UpToDate",
             "the current token is valid and not due for renewal",
         ),
+        Wanted::new("Reconciling", false, "Issued", msg.clone()),
+        Wanted::new("Stalled", false, "Issued", msg),
     ]
 }
 
-/// Conditions after a failed reconcile. `Issuing` stays True while the operator keeps trying
-/// (a missing BinaryCache or key, an API error); a spec error stops issuing until it changes.
-pub fn failure_conditions(e: &Error) -> [Wanted; 2] {
+/// Conditions after a failed reconcile. `Issuing` (and `Reconciling`) stay True while the
+/// operator keeps trying (a missing BinaryCache or key, an API error); a spec error stops
+/// issuing until it changes (`Stalled`).
+pub fn failure_conditions(e: &Error) -> [Wanted; 4] {
     let retrying = !matches!(e, Error::InvalidSpec(_));
     [
         Wanted::new("Ready", false, e.reason(), e.to_string()),
         Wanted::new("Issuing", retrying, e.reason(), e.to_string()),
+        Wanted::new("Reconciling", retrying, e.reason(), e.to_string()),
+        Wanted::new("Stalled", !retrying, e.reason(), e.to_string()),
     ]
 }
 

@@ -8,7 +8,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{conditions_schema, SecretKeyRef, SecretRef};
+use super::{
+    add_rule, add_rule_at, conditions_schema, duration_rule, unobserved_by_default, SecretKeyRef,
+    SecretRef, CACHE_NAME_PATTERN, NO_SPACE_PATTERN,
+};
 
 /// Image used when the spec names none: the server release matching this operator.
 pub fn default_image() -> String {
@@ -29,15 +32,21 @@ fn one() -> i32 {
     status = "BinaryCacheStatus",
     shortname = "bc",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#
+    printcolumn = r#"{"name":"Replicas","type":"string","description":"ready/desired garretd pods","jsonPath":".status.replicaStatus"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = spec_rules)]
 pub struct BinaryCacheSpec {
     /// Container image of garretd.
     #[serde(default = "default_image")]
+    #[schemars(regex(pattern = NO_SPACE_PATTERN))]
     pub image: String,
     /// Pod replicas. More than one needs S3 storage and PostgreSQL (a volume is ReadWriteOnce).
     #[serde(default = "one")]
+    #[schemars(range(min = 0))]
     pub replicas: i32,
     /// Where chunks live. Default: a 10Gi PersistentVolumeClaim.
     #[serde(default)]
@@ -47,6 +56,7 @@ pub struct BinaryCacheSpec {
     pub database: DatabaseSpec,
     /// Caches declared in server.toml; garretd creates and updates them without a restart.
     #[serde(default)]
+    #[schemars(transform = unique_cache_names)]
     pub caches: Vec<CacheSpec>,
     /// Expose the server through an Ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +145,8 @@ pub struct DatabaseSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheSpec {
+    /// Attic's cache names: 1-50 of `A-Z a-z 0-9 _ + -`, starting with a letter or digit.
+    #[schemars(regex(pattern = CACHE_NAME_PATTERN), length(max = 50))]
     pub name: String,
     /// Readable without a token.
     #[serde(default)]
@@ -144,6 +156,7 @@ pub struct CacheSpec {
     pub priority: Option<i32>,
     /// e.g. `30 days`; the global default when unset, `0` keeps forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_rule)]
     pub retention_period: Option<String>,
     /// Paths signed by these keys are not stored; garretd's default (cache.nixos.org-1) when
     /// unset.
@@ -156,6 +169,7 @@ pub struct CacheSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
+    #[schemars(regex(pattern = NO_SPACE_PATTERN))]
     pub host: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
@@ -183,35 +197,86 @@ pub struct Resources {
 pub struct GcSpec {
     /// How often GC runs, e.g. `12 hours`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_rule)]
     pub interval: Option<String>,
     /// Retention for caches that set none, e.g. `90 days`; `0` keeps forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_rule)]
     pub default_retention_period: Option<String>,
 }
 
-/// Observed state.
+/// Most declared caches one BinaryCache takes (bounds the cost of its CEL rules).
+pub const MAX_CACHES: u64 = 128;
+
+/// Rules across fields of the spec.
+fn spec_rules(schema: &mut schemars::Schema) {
+    add_rule_at(
+        schema,
+        "self.replicas <= 1 || (has(self.storage) && has(self.storage.s3) && has(self.database) && has(self.database.postgres))",
+        "more than one replica needs storage.s3 and database.postgres (the data volume is ReadWriteOnce)",
+        ".replicas",
+    );
+}
+
+fn unique_cache_names(schema: &mut schemars::Schema) {
+    schema.insert("maxItems".into(), MAX_CACHES.into());
+    add_rule(
+        schema,
+        "self.all(c, self.exists_one(d, d.name == c.name))",
+        "each cache name may be declared once",
+    );
+}
+
+/// Observed state, in the kstatus convention that Flux, Helm 4, Argo CD and `kubectl wait`
+/// read: `observedGeneration` plus the `Ready`, `Reconciling` and `Stalled` conditions
+/// (`Reconciling`/`Stalled` are abnormal-true: present and `False` when all is well).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = unobserved_by_default)]
 pub struct BinaryCacheStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`.
+    /// `Ready` (all replicas available), `Reconciling` (a rollout or a retry is under way),
+    /// `Stalled` (an invalid spec or a failed rollout: needs a change).
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// Desired garretd pods (the Deployment's `spec.replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Pods passing `/readyz` (the Deployment's `status.readyReplicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// `ready/desired`, e.g. `1/2` (the Replicas column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_status: Option<String>,
     /// Base URL clients use (the Ingress host, else the in-cluster Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Public signing key per declared cache, for `trusted-public-keys`.
+    /// Per declared cache, what nix.conf needs: its substituter URL and public key.
     #[serde(default)]
-    pub caches: Vec<CacheStatus>,
+    pub caches: Vec<CacheEndpoint>,
 }
 
-/// A declared cache as clients need to know it.
+/// A declared cache's public signing key, as `desired` derives it from the key Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheStatus {
     pub name: String,
     /// `name:base64`, ready for nix.conf.
+    pub public_key: String,
+}
+
+/// A declared cache as clients need to know it (`status.caches`):
+/// `kubectl get bc main -o jsonpath='{range .status.caches[*]}extra-substituters = {.substituter}{"\n"}extra-trusted-public-keys = {.publicKey}{"\n"}{end}'`
+/// prints the nix.conf lines.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheEndpoint {
+    pub name: String,
+    /// The cache's URL for `substituters` (the endpoint followed by the cache name).
+    pub substituter: String,
+    /// `name:base64`, for `trusted-public-keys`.
     pub public_key: String,
 }

@@ -6,7 +6,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{conditions_schema, optional_time_schema};
+use super::{
+    add_rule_at, conditions_schema, duration_rule, optional_time_schema, positive_duration_rule,
+    unobserved_by_default, CACHE_PATTERN_PATTERN, DNS_SUBDOMAIN_PATTERN,
+};
 
 fn default_validity() -> String {
     "30 days".into()
@@ -22,24 +25,34 @@ fn default_validity() -> String {
     status = "CacheTokenStatus",
     shortname = "ct",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.notAfter"}"#
+    printcolumn = r#"{"name":"Subject","type":"string","jsonPath":".spec.subject"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.secretName"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","description":"expiry of the current token (RFC 3339)","jsonPath":".status.notAfter"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Renews","type":"string","priority":1,"description":"when the next token is issued (RFC 3339)","jsonPath":".status.renewalTime"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = some_permission)]
 pub struct CacheTokenSpec {
     /// The BinaryCache (same namespace) whose key signs the token.
     pub binary_cache_ref: BinaryCacheRef,
     /// `sub` claim: who the token is for (shows in server logs and revocation lists).
+    #[schemars(length(min = 1))]
     pub subject: String,
     /// Lifetime of each issued token, e.g. `30d`, `12 hours`.
     #[serde(default = "default_validity")]
+    #[schemars(transform = positive_duration_rule)]
     pub validity: String,
     /// Renew this long before expiry; default: when 2/3 of the lifetime has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_rule)]
     pub renew_before: Option<String>,
-    /// Cache-name patterns (`*` wildcards) per permission.
+    /// Cache-name patterns (`*` wildcards) per permission; at least one pattern in all.
     #[serde(default)]
     pub permissions: TokenPermissions,
     /// Secret to write (key `token`); owned by this CacheToken.
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub secret_name: String,
 }
 
@@ -47,7 +60,19 @@ pub struct CacheTokenSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BinaryCacheRef {
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub name: String,
+}
+
+/// On the spec, not on `permissions`: the API server checks a field's default against the
+/// field's own rules, and the default (no patterns) is what this rule refuses.
+fn some_permission(schema: &mut schemars::Schema) {
+    add_rule_at(
+        schema,
+        "has(self.permissions) && self.permissions.pull.size() + self.permissions.push.size() + self.permissions.delete.size() + self.permissions.createCache.size() + self.permissions.configureCache.size() + self.permissions.configureCacheRetention.size() + self.permissions.destroyCache.size() > 0",
+        "grant at least one permission (a cache-name pattern under pull, push, delete, createCache, configureCache, configureCacheRetention or destroyCache)",
+        ".permissions",
+    );
 }
 
 /// Attic's permission letters, each a list of cache-name patterns.
@@ -55,24 +80,32 @@ pub struct BinaryCacheRef {
 #[serde(rename_all = "camelCase")]
 pub struct TokenPermissions {
     #[serde(default)]
+    #[schemars(inner(regex(pattern = CACHE_PATTERN_PATTERN)))]
     pub pull: Vec<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = CACHE_PATTERN_PATTERN)))]
     pub push: Vec<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = CACHE_PATTERN_PATTERN)))]
     pub delete: Vec<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = CACHE_PATTERN_PATTERN)))]
     pub create_cache: Vec<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = CACHE_PATTERN_PATTERN)))]
     pub configure_cache: Vec<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = CACHE_PATTERN_PATTERN)))]
     pub configure_cache_retention: Vec<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = CACHE_PATTERN_PATTERN)))]
     pub destroy_cache: Vec<String>,
 }
 
 /// Observed state of the current token.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = unobserved_by_default)]
 pub struct CacheTokenStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
