@@ -181,13 +181,16 @@ async fn only_the_leader_writes_and_another_replica_takes_over() {
     let c = Replica::start(cp, &ns, "replica-c").await;
     let b_writes = b.writes();
     b.cut_off.store(true, Ordering::SeqCst);
+    let cut = Instant::now();
     let ended = tokio::time::timeout(T, b.task)
         .await
         .expect("the cut-off replica steps down")
         .expect("join")
         .expect("election");
     assert_eq!(ended, Ended::LostLeadership);
-    let takeover = wait_holder(&leases, "replica-c").await;
+    let stepped_down = cut.elapsed();
+    wait_holder(&leases, "replica-c").await;
+    let takeover = cut.elapsed();
     apply_cache(&admin, &ns, "three").await;
     wait_reconciled(&admin, &ns, "three").await;
     assert!(c.writes() > 0, "the replica that took over wrote nothing");
@@ -197,6 +200,9 @@ async fn only_the_leader_writes_and_another_replica_takes_over() {
         b_writes,
         "the cut-off replica wrote"
     );
-    eprintln!("leader: takeover after a partition in {takeover:?} (lease {LEASE:?})");
+    eprintln!(
+        "leader: partitioned leader stepped down after {stepped_down:?}, new leader after \
+         {takeover:?} (lease {LEASE:?})"
+    );
     drop(c);
 }
