@@ -158,6 +158,8 @@ async fn apply_children(
         write_cache_keys(&secrets, keys).await?;
     }
     apply(&ctx.api::<ConfigMap>(ns), &c.config_map).await?;
+    // Created once: CacheTokens edit its entries (revocation list).
+    create_if_absent(&ctx.api::<ConfigMap>(ns), &c.revocations).await?;
     if let Some(pvc) = &c.data_pvc {
         create_if_absent(&ctx.api::<PersistentVolumeClaim>(ns), pvc).await?;
     }

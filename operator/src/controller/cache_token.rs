@@ -1,27 +1,40 @@
 //! The CacheToken edge: read the BinaryCache, its signing key and the token Secret, take the
-//! clock and a random `jti`, run the pure pipeline in `token`, apply the Secret, write status
-//! and requeue for the renewal time.
+//! clock and a random `jti`, run the pure pipeline in `token`, write revocations, apply the
+//! Secret, write status and requeue for the renewal time (or the end of a grace period).
+//! Deletion runs the `garret.dev/revoke` finalizer: the current token and those in their
+//! grace period go on the BinaryCache's revocation list before the object goes.
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use garret_core::token::{TokenKeys, Verifier};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
+use serde_json::json;
 
 use super::{
-    apply, children_only, drain, error_policy, get_opt, now, patch_status, scoped_api, Context,
-    Settings,
+    apply, children_only, create_if_absent, drain, error_policy, get_opt, now, patch_status,
+    scoped_api, Context, Settings,
 };
 use crate::condition::Wanted;
-use crate::desired::meta::key_of;
-use crate::desired::{config::endpoint, secrets::signing_key, Names};
-use crate::token::{self, renewal, Issued, Observed};
-use crate::types::{BinaryCache, CacheToken};
+use crate::desired::meta::{key_of, owned_by};
+use crate::desired::{config::endpoint, secrets::signing_key, Names, REVOCATION_FILE};
+use crate::token::revocation::{self, Target};
+use crate::token::{self, renewal, Issued, Observed, Outcome};
+use crate::types::{BinaryCache, CacheStatus, CacheToken};
 use crate::{Error, Result};
+
+/// Finalizer that revokes a deleted CacheToken's tokens.
+pub const FINALIZER: &str = "garret.dev/revoke";
+
+/// Attempts at a revocation list write that lost a race with another token's write.
+const LIST_WRITE_ATTEMPTS: usize = 8;
 
 /// The CacheToken controller, watching the Secrets it writes.
 pub async fn controller(client: Client, settings: Settings) {
@@ -39,7 +52,11 @@ pub async fn controller(client: Client, settings: Settings) {
         .watches(caches, watcher::Config::default(), move |bc| {
             tokens_referencing(&store.state(), &bc)
         })
-        .run(reconcile, error_policy, ctx);
+        .run(
+            |obj, ctx| crate::metrics::timed("CacheToken", reconcile(obj, ctx)),
+            error_policy,
+            ctx,
+        );
     drain(stream).await;
 }
 
@@ -57,17 +74,36 @@ pub fn tokens_referencing(
         .collect()
 }
 
-/// One reconcile; a failure is recorded in status before back-off (or, for a spec error,
-/// instead of it: only a spec change helps, and the watch brings it).
+/// One reconcile, wrapped in the finalizer so deletion revokes ([`revoke_on_delete`]).
 pub async fn reconcile(ct: Arc<CacheToken>, ctx: Arc<Context>) -> Result<Action> {
-    match pipeline(&ct, &ctx).await {
-        Ok(action) => {
-            ctx.note_success(&key_of(ct.as_ref()));
-            Ok(action)
+    let ns = ct
+        .namespace()
+        .ok_or_else(|| Error::InvalidSpec("CacheToken must be namespaced".into()))?;
+    let api: Api<CacheToken> = ctx.api(&ns);
+    let key = key_of(ct.as_ref());
+    let action = finalizer(&api, FINALIZER, ct, |event| async {
+        match event {
+            Finalizer::Apply(ct) => issue(&ct, &ctx).await,
+            Finalizer::Cleanup(ct) => {
+                crate::metrics::global().token_gone(&ns, &ct.name_any());
+                revoke_on_delete(&ct, &ctx).await
+            }
         }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.note_success(&key);
+    Ok(action)
+}
+
+/// The pipeline; a failure is recorded in status before back-off (or, for a spec error,
+/// instead of it: only a spec change helps, and the watch brings it).
+async fn issue(ct: &CacheToken, ctx: &Context) -> Result<Action> {
+    match pipeline(ct, ctx).await {
+        Ok(action) => Ok(action),
         Err(e) => {
             let wanted = token::failure_conditions(&e);
-            if let Err(status_err) = write_status(&ct, &ctx, &wanted, None).await {
+            if let Err(status_err) = write_status(ct, ctx, &wanted, None).await {
                 tracing::warn!(error = %status_err, "could not record failure in status");
             }
             match e {
@@ -76,6 +112,102 @@ pub async fn reconcile(ct: Arc<CacheToken>, ctx: Arc<Context>) -> Result<Action>
             }
         }
     }
+}
+
+/// Deletion: put the current token and those in their grace period on the revocation list.
+/// The token Secret (owned, so garbage-collected after this) is still there to read.
+async fn revoke_on_delete(ct: &CacheToken, ctx: &Context) -> Result<Action> {
+    let ns = ct.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = ctx.api(&ns);
+    let current = get_opt(&secrets, &ct.spec.secret_name)
+        .await?
+        .filter(|s| owned_by(s, ct.uid().as_deref()));
+    let now = garret_core::clock::unix_now();
+    let targets = revocation::on_delete(ct, current.as_ref(), now);
+    let written = write_revocations(ctx, &ns, &key_of(ct), &targets, now).await?;
+    if let Some(note) = token::revoked_event(&written) {
+        tracing::info!(object = %key_of(ct), note = %note.note, "revoked on deletion");
+        ctx.event(ct, &note).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Add `targets` to their BinaryCaches' revocation lists (pruning expired entries on the
+/// way). Returns the targets written: those of a BinaryCache that no longer exists are
+/// dropped, as nothing serves its tokens. A list missing while its BinaryCache exists is
+/// created, so a revocation is never lost to ordering.
+async fn write_revocations(
+    ctx: &Context,
+    ns: &str,
+    who: &str,
+    targets: &[Target],
+    now: i64,
+) -> Result<Vec<Target>> {
+    let mut by_cache: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
+    for t in targets {
+        by_cache.entry(&t.binary_cache).or_default().push(t.clone());
+    }
+    let config_maps: Api<ConfigMap> = ctx.api(ns);
+    let caches: Api<BinaryCache> = ctx.api(ns);
+    let mut written = vec![];
+    for (bc_name, adds) in by_cache {
+        let name = Names(bc_name).revocations();
+        let mut done = false;
+        for _ in 0..LIST_WRITE_ATTEMPTS {
+            let cm = match get_opt(&config_maps, &name).await? {
+                Some(cm) => cm,
+                None => match get_opt(&caches, bc_name).await? {
+                    None => {
+                        tracing::info!(
+                            binary_cache = bc_name,
+                            "BinaryCache gone: nothing to revoke"
+                        );
+                        done = true;
+                        break;
+                    }
+                    Some(bc) => {
+                        create_if_absent(&config_maps, &revocation::list_config_map(&bc)?).await?;
+                        continue;
+                    }
+                },
+            };
+            let text = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(REVOCATION_FILE))
+                .map(String::as_str)
+                .unwrap_or_default();
+            let edited = revocation::edit_list(text, bc_name, &adds, who, now);
+            if edited == text {
+                written.extend(adds.iter().cloned());
+                done = true;
+                break;
+            }
+            // Merge patch with the read resourceVersion: a concurrent edit fails with 409.
+            let patch = json!({
+                "metadata": {"resourceVersion": cm.metadata.resource_version},
+                "data": {REVOCATION_FILE: edited},
+            });
+            match config_maps
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    written.extend(adds.iter().cloned());
+                    done = true;
+                    break;
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(Error::kube(format!("writing revocation list {name}"), e)),
+            }
+        }
+        if !done {
+            return Err(Error::Dependency(format!(
+                "revocation list {name} kept changing; will retry"
+            )));
+        }
+    }
+    Ok(written)
 }
 
 /// The signing keys of BinaryCache `name`, from its token-key Secret.
@@ -92,7 +224,7 @@ async fn signing_keys(secrets: &Api<Secret>, bc_name: &str) -> Result<TokenKeys>
     })
 }
 
-/// validate → observe → decide → mint → desired → apply → status → requeue.
+/// validate → observe → decide → mint → revoke → desired → apply → status → requeue.
 async fn pipeline(ct: &CacheToken, ctx: &Context) -> Result<Action> {
     let v = token::validate(ct)?;
     let caches: Api<BinaryCache> = ctx.api(&v.namespace);
@@ -107,6 +239,15 @@ async fn pipeline(ct: &CacheToken, ctx: &Context) -> Result<Action> {
 
     let observed = Observed {
         endpoint: endpoint(&bc),
+        caches: bc
+            .status
+            .iter()
+            .flat_map(|s| &s.caches)
+            .map(|c| CacheStatus {
+                name: c.name.clone(),
+                public_key: c.public_key.clone(),
+            })
+            .collect(),
         current,
         status_revision: ct.status.as_ref().and_then(|s| s.revision).unwrap_or(0),
         now: garret_core::clock::unix_now(),
@@ -114,7 +255,29 @@ async fn pipeline(ct: &CacheToken, ctx: &Context) -> Result<Action> {
     let decision = renewal::decide(&v, observed.current.as_ref(), &verifier, observed.now);
     let jti = garret_core::token::new_jti();
     let outcome = token::mint(&v, decision, &keys, jti, observed.now)?;
-    let children = token::desired(&v, &observed, outcome);
+
+    // What becomes of the token being replaced, and which earlier ones are due: on the
+    // revocation list before the new token is written, so a failure here retries it all.
+    let fate = match &outcome {
+        Outcome::Minted { reason, .. } => revocation::replaced(
+            &v,
+            reason,
+            observed.current.as_ref(),
+            &verifier,
+            observed.now,
+        ),
+        Outcome::Keep { .. } => None,
+    };
+    let plan = revocation::plan(
+        revocation::stored_pending(observed.current.as_ref()),
+        fate,
+        observed.now,
+    );
+    let mut plan = plan;
+    plan.revoke =
+        write_revocations(ctx, &v.namespace, &key_of(ct), &plan.revoke, observed.now).await?;
+    let revoked = token::revoked_event(&plan.revoke);
+    let children = token::desired(&v, &observed, outcome, plan);
 
     if let Some(secret) = &children.secret {
         apply(&secrets, secret).await?;
@@ -122,10 +285,18 @@ async fn pipeline(ct: &CacheToken, ctx: &Context) -> Result<Action> {
     if let Some(event) = &children.event {
         ctx.event(ct, event).await;
     }
+    if let Some(event) = &revoked {
+        ctx.event(ct, event).await;
+    }
     let wanted = token::ready_conditions(&v, &children.issued);
     write_status(ct, ctx, &wanted, Some(&children.issued)).await?;
+    crate::metrics::global().token_expires(
+        &ct.namespace().unwrap_or_default(),
+        &ct.name_any(),
+        u64::try_from(children.issued.exp).unwrap_or(0),
+    );
     let wait = token::requeue_after(
-        children.issued.renew_at,
+        children.issued.next_at(),
         garret_core::clock::unix_now(),
         ctx.settings.resync,
     );

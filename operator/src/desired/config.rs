@@ -9,12 +9,16 @@ use toml::{Table, Value};
 
 use super::meta::Names;
 use super::validate::Validated;
-use super::{CACHE_KEYS_DIR, DATA_DIR, HTTP_PORT};
+use super::{CACHE_KEYS_DIR, DATA_DIR, HTTP_PORT, REVOCATIONS_DIR, REVOCATION_FILE};
 use crate::types::BinaryCache;
 
-/// The URL clients reach the server at: the Ingress host when exposed, else the Service.
-/// Takes the raw object because CacheTokens read it from a BinaryCache they do not validate.
+/// The URL clients reach the server at: `spec.apiEndpoint` when pinned, else the Ingress
+/// host when exposed, else the Service. Takes the raw object because CacheTokens read it
+/// from a BinaryCache they do not validate.
 pub fn endpoint(bc: &BinaryCache) -> String {
+    if let Some(pinned) = pinned_api_endpoint(bc) {
+        return pinned;
+    }
     match &bc.spec.ingress {
         Some(i) => {
             let scheme = if i.tls_secret_name.is_some() {
@@ -32,6 +36,23 @@ pub fn endpoint(bc: &BinaryCache) -> String {
     }
 }
 
+/// `spec.apiEndpoint` with the trailing `/` garretd requires.
+pub fn pinned_api_endpoint(bc: &BinaryCache) -> Option<String> {
+    bc.spec.api_endpoint.as_ref().map(|ep| {
+        if ep.ends_with('/') {
+            ep.clone()
+        } else {
+            format!("{ep}/")
+        }
+    })
+}
+
+/// The revocation list file garretd reads (in the revocations ConfigMap, mounted at
+/// [`REVOCATIONS_DIR`]).
+pub fn revocation_list_path() -> String {
+    format!("{REVOCATIONS_DIR}/{REVOCATION_FILE}")
+}
+
 fn s(v: impl Into<String>) -> Value {
     Value::String(v.into())
 }
@@ -42,7 +63,19 @@ fn server_table(v: &Validated) -> Table {
     let spec = &v.spec;
     let mut t = Table::new();
     t.insert("listen".into(), s(format!("[::]:{HTTP_PORT}")));
-    t.insert("api-endpoint".into(), s(&v.endpoint));
+    // Unless pinned, garretd derives the endpoint from each request (Host,
+    // X-Forwarded-Proto), so clients behind port-forward, Service and Ingress all work.
+    if let Some(ep) = &v.spec.api_endpoint {
+        let ep = if ep.ends_with('/') {
+            ep.clone()
+        } else {
+            format!("{ep}/")
+        };
+        t.insert("api-endpoint".into(), s(ep));
+    }
+    let mut jwt = Table::new();
+    jwt.insert("revocation-list".into(), s(revocation_list_path()));
+    t.insert("jwt".into(), Value::Table(jwt));
 
     if spec.database.postgres.is_none() {
         let mut db = Table::new();
@@ -139,6 +172,19 @@ pub fn restart_hash(v: &Validated) -> String {
     hex::encode(&Sha256::digest(render(&server_table(v)).as_bytes())[..8])
 }
 
+/// The revocation list ConfigMap, owned by the BinaryCache: created once, empty but for a
+/// header; CacheTokens add and prune entries (`token::revocation`).
+pub fn revocations_config_map(v: &Validated) -> ConfigMap {
+    ConfigMap {
+        metadata: v.child_meta(v.names().revocations(), true),
+        data: Some(BTreeMap::from([(
+            REVOCATION_FILE.to_string(),
+            crate::token::revocation::list_header(&v.name),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
 /// The ConfigMap, owned by the BinaryCache.
 pub fn config_map(v: &Validated) -> ConfigMap {
     ConfigMap {
@@ -174,7 +220,14 @@ mod tests {
         assert!(
             matches!(cfg.storage, Some(StorageConfig::Local { ref path, .. }) if path.to_str() == Some("/var/lib/garret/storage"))
         );
-        assert_eq!(cfg.api_endpoint.as_deref(), Some("http://main.ns.svc/"));
+        assert_eq!(
+            cfg.api_endpoint, None,
+            "derived from each request unless pinned"
+        );
+        assert_eq!(
+            cfg.jwt.revocation_list.as_deref().and_then(|p| p.to_str()),
+            Some("/run/garret/revocations/revoked")
+        );
         assert_eq!(cfg.listen, "[::]:8080");
         assert_eq!(cfg.caches.len(), 2);
         let team = &cfg.caches[0];
@@ -221,10 +274,7 @@ mod tests {
             }
             other => panic!("expected s3, got {other:?}"),
         }
-        assert_eq!(
-            cfg.api_endpoint.as_deref(),
-            Some("https://cache.example.org/")
-        );
+        assert_eq!(cfg.api_endpoint, None);
         assert_eq!(
             cfg.garbage_collection.interval,
             std::time::Duration::from_secs(6 * 3600)
@@ -243,6 +293,33 @@ mod tests {
         assert_eq!(restart_hash(&a), restart_hash(&b));
         b.spec.garbage_collection.interval = Some("1 hour".into());
         assert_ne!(restart_hash(&a), restart_hash(&b));
+    }
+
+    #[test]
+    fn a_pinned_api_endpoint_is_written_and_is_the_endpoint() {
+        let mut bc = validated(FULL);
+        bc.spec.api_endpoint = Some("https://push.example.org".into());
+        let cfg = parse(&server_toml(&bc));
+        assert_eq!(
+            cfg.api_endpoint.as_deref(),
+            Some("https://push.example.org/")
+        );
+        let mut raw = binary_cache(FULL);
+        assert_eq!(endpoint(&raw), "https://cache.example.org/");
+        raw.spec.api_endpoint = Some("https://push.example.org".into());
+        assert_eq!(endpoint(&raw), "https://push.example.org/");
+    }
+
+    #[test]
+    fn revocation_list_starts_empty_and_owned() {
+        let cm = revocations_config_map(&validated(MINIMAL));
+        assert_eq!(cm.metadata.name.as_deref(), Some("main-revocations"));
+        assert_eq!(cm.metadata.owner_references.map(|r| r.len()), Some(1));
+        let text = cm
+            .data
+            .and_then(|d| d.get("revoked").cloned())
+            .unwrap_or_default();
+        assert!(garret_core::token::RevocationList::parse(&text).is_empty());
     }
 
     #[test]

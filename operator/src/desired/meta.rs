@@ -32,6 +32,9 @@ impl Names<'_> {
     pub fn data(&self) -> String {
         format!("{}-data", self.0)
     }
+    pub fn revocations(&self) -> String {
+        format!("{}-revocations", self.0)
+    }
 }
 
 /// Just the managed-by label, for children that carry no other labels.

@@ -39,6 +39,10 @@ pub const HTTP_PORT: i32 = 8080;
 pub const CONFIG_DIR: &str = "/etc/garret";
 /// Where per-cache signing keys are mounted, one file per cache.
 pub const CACHE_KEYS_DIR: &str = "/run/garret/cache-keys";
+/// Where the revocation list ConfigMap is mounted.
+pub const REVOCATIONS_DIR: &str = "/run/garret/revocations";
+/// Its one key (the file garretd reads as `[jwt] revocation-list`).
+pub const REVOCATION_FILE: &str = "revoked";
 /// The data volume (SQLite file, local chunks).
 pub const DATA_DIR: &str = "/var/lib/garret";
 /// Key of the token-signing Secret holding `ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64`.
@@ -65,6 +69,8 @@ pub struct Children {
     /// with its `resourceVersion` when set, created otherwise.
     pub cache_keys: Option<Secret>,
     pub config_map: ConfigMap,
+    /// The revocation list: created once (empty), then edited by CacheTokens only.
+    pub revocations: ConfigMap,
     /// Created once: most of a claim's spec is immutable, and resizing is deliberate.
     pub data_pvc: Option<PersistentVolumeClaim>,
     pub deployment: Deployment,
@@ -92,6 +98,7 @@ pub fn desired(v: &Validated, o: &Observed) -> Children {
         }),
         cache_keys: secrets::cache_keys_secret(v, existing, &o.new_cache_keys),
         config_map: config::config_map(v),
+        revocations: config::revocations_config_map(v),
         data_pvc: workload::data_pvc(v),
         deployment: workload::deployment(v),
         service: workload::service(v),
@@ -156,6 +163,7 @@ mod tests {
         }
         children.extend(c.cache_keys.iter().map(|s| json!(s)));
         children.push(json!(c.config_map));
+        children.push(json!(c.revocations));
         children.extend(c.data_pvc.iter().map(|p| json!(p)));
         children.push(json!(c.deployment));
         children.push(json!(c.service));

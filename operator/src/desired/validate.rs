@@ -75,6 +75,15 @@ pub fn validate(bc: &BinaryCache) -> Result<Validated, InvalidSpec> {
 
 fn check_spec(spec: &BinaryCacheSpec) -> Result<(), InvalidSpec> {
     let invalid = |m: &str| Err(InvalidSpec(m.into()));
+    if let Some(ep) = &spec.api_endpoint {
+        let rest = ep
+            .strip_prefix("https://")
+            .or_else(|| ep.strip_prefix("http://"))
+            .unwrap_or_default();
+        if rest.is_empty() || rest.starts_with('/') || ep.chars().any(char::is_whitespace) {
+            return invalid("apiEndpoint must be an http:// or https:// URL");
+        }
+    }
     if spec.image.trim().is_empty() {
         return invalid("image must not be empty");
     }

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::restart_hash;
 use super::validate::Validated;
-use super::{CACHE_KEYS_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TOKEN_KEY_FIELD};
+use super::{CACHE_KEYS_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, REVOCATIONS_DIR, TOKEN_KEY_FIELD};
 
 /// UID/GID garretd runs as (the distroless `nonroot` user).
 pub const RUN_AS: i64 = 65532;
@@ -81,6 +81,7 @@ fn mounts_and_volumes(v: &Validated) -> (Vec<VolumeMount>, Vec<Volume>) {
     let mut mounts = vec![
         mount("config", CONFIG_DIR, true),
         mount("cache-keys", CACHE_KEYS_DIR, true),
+        mount("revocations", REVOCATIONS_DIR, true),
         mount("tmp", "/tmp", false),
     ];
     let mut volumes = vec![
@@ -100,6 +101,17 @@ fn mounts_and_volumes(v: &Validated) -> (Vec<VolumeMount>, Vec<Volume>) {
                 default_mode: Some(0o440),
                 optional: Some(true),
                 ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        // Not optional: garretd refuses to start without its revocation list, and the
+        // operator creates this ConfigMap before the Deployment. Updates reach the file by
+        // the kubelet's symlink swap; garretd polls it.
+        Volume {
+            name: "revocations".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.revocations(),
+                ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
         },
@@ -369,7 +381,10 @@ mod tests {
             .into_iter()
             .map(|v| v.name)
             .collect();
-        assert_eq!(vols, vec!["config", "cache-keys", "tmp", "data"]);
+        assert_eq!(
+            vols,
+            vec!["config", "cache-keys", "revocations", "tmp", "data"]
+        );
         assert!(data_pvc(&validated(MINIMAL)).is_some());
     }
 

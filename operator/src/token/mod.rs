@@ -5,12 +5,16 @@
 //! 2. [`renewal::decide`]: keep the token in the Secret, or issue one (and why).
 //! 3. [`mint`] (the one fallible step after validation): sign the claims. The controller
 //!    passes in the random `jti`, so minting is deterministic given its inputs.
-//! 4. [`desired`]: the Secret to apply (if any), the Event, and what status says.
-//! 5. [`status`] and [`requeue_after`]: the status object and when to look again.
+//! 4. [`revocation::replaced`] and [`revocation::plan`]: what becomes of the token being
+//!    replaced (revoked at once, or after the grace period) and which earlier ones are due;
+//!    the controller writes the revocation list before the new token.
+//! 5. [`desired`]: the Secret to apply (if any), the Event, and what status says.
+//! 6. [`status`] and [`requeue_after`]: the status object and when to look again.
 //!
 //! Only `controller::cache_token` reads the cluster, the clock and the random source.
 
 pub mod renewal;
+pub mod revocation;
 pub mod secret;
 
 use std::time::Duration;
@@ -23,9 +27,10 @@ use kube::ResourceExt;
 use crate::condition::{self, Wanted};
 use crate::desired::meta::{controller_ref, normal_event, owned_by, Note};
 use crate::error::InvalidSpec;
-use crate::types::{CacheToken, CacheTokenStatus};
+use crate::types::{CacheStatus, CacheToken, CacheTokenStatus};
 use crate::{Error, Result};
 use renewal::{Decision, Reason, Timing};
+use revocation::{Pending, Target};
 
 /// A CacheToken whose spec passed [`validate`].
 #[derive(Clone, Debug)]
@@ -124,6 +129,8 @@ pub fn mint(
 pub struct Observed {
     /// The BinaryCache's endpoint (it goes into the Secret).
     pub endpoint: String,
+    /// The BinaryCache's declared caches with their public keys (for `nix.conf`).
+    pub caches: Vec<CacheStatus>,
     /// The token Secret as read fresh from the API server.
     pub current: Option<Secret>,
     /// `status.revision`, which may lag the Secret's annotation.
@@ -140,6 +147,17 @@ pub struct Issued {
     pub renew_at: i64,
     pub revision: i64,
     pub jti: Option<String>,
+    /// Replaced tokens in their grace period.
+    pub pending: Vec<Pending>,
+    /// Tokens revoked by this reconcile.
+    pub revoked: Vec<Target>,
+}
+
+impl Issued {
+    /// When something is next due: the renewal or the end of a grace period.
+    pub fn next_at(&self) -> i64 {
+        revocation::next_due(&self.pending).map_or(self.renew_at, |d| d.min(self.renew_at))
+    }
 }
 
 /// The CacheToken's child and what it implies.
@@ -152,29 +170,43 @@ pub struct Children {
     pub issued: Issued,
 }
 
-/// The token Secret and status for `outcome`. The Secret's revision annotation (read fresh)
-/// is the record of what was issued; status may come from a cache that missed our write.
-pub fn desired(v: &Validated, o: &Observed, outcome: Outcome) -> Children {
+/// The token Secret and status for `outcome`, given the revocation `plan` (already carried
+/// out by the controller). The Secret's revision annotation (read fresh) is the record of
+/// what was issued; status may come from a cache that missed our write.
+pub fn desired(v: &Validated, o: &Observed, outcome: Outcome, plan: revocation::Plan) -> Children {
     let current = o.current.as_ref();
     let revision = current
         .and_then(secret::stored_revision)
         .unwrap_or(o.status_revision);
+    let ctx = secret::Context {
+        endpoint: &o.endpoint,
+        caches: &o.caches,
+    };
     match outcome {
         Outcome::Keep { claims, renew_at } => {
-            // The token stands, but the endpoint (and so netrc) may have moved.
+            // The token stands, but the endpoint, the caches (and so the files) or the
+            // pending revocations may have moved.
             let jti = claims.jti.clone().unwrap_or_default();
+            let exp = claims.exp.unwrap_or(o.now);
             let secret = current.and_then(|s| {
-                let token = secret::stored_token(s).unwrap_or_default();
-                let data = secret::secret_data(token, &o.endpoint);
-                (s.data.as_ref() != Some(&data))
-                    .then(|| secret::token_secret(v, token, &o.endpoint, &jti, revision))
+                let stored = secret::Stored {
+                    token: secret::stored_token(s).unwrap_or_default(),
+                    jti: &jti,
+                    exp,
+                    revision,
+                    pending: &plan.pending,
+                };
+                let want = secret::token_secret(v, stored, ctx);
+                (!secret::same_content(s, &want)).then_some(want)
             });
             let issued = Issued {
                 nbf: claims.nbf.unwrap_or(o.now),
-                exp: claims.exp.unwrap_or(o.now),
+                exp,
                 renew_at,
                 revision,
                 jti: claims.jti,
+                pending: plan.pending,
+                revoked: plan.revoke,
             };
             Children {
                 secret,
@@ -190,8 +222,15 @@ pub fn desired(v: &Validated, o: &Observed, outcome: Outcome) -> Children {
         } => {
             let revision = revision.max(o.status_revision) + 1;
             let note = format!("revision {revision} ({}), token id {jti}", reason.as_str());
+            let stored = secret::Stored {
+                token: &token,
+                jti: &jti,
+                exp,
+                revision,
+                pending: &plan.pending,
+            };
             Children {
-                secret: Some(secret::token_secret(v, &token, &o.endpoint, &jti, revision)),
+                secret: Some(secret::token_secret(v, stored, ctx)),
                 event: Some(normal_event("Issued", "Issue", note)),
                 issued: Issued {
                     nbf: o.now,
@@ -199,10 +238,33 @@ pub fn desired(v: &Validated, o: &Observed, outcome: Outcome) -> Children {
                     renew_at: renewal::renewal_time(o.now, exp, v.timing.renew_before),
                     revision,
                     jti: Some(jti),
+                    pending: plan.pending,
+                    revoked: plan.revoke,
                 },
             }
         }
     }
+}
+
+/// The `Revoked` Event for tokens revoked in one reconcile.
+pub fn revoked_event(revoked: &[Target]) -> Option<Note> {
+    if revoked.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = revoked
+        .iter()
+        .map(|t| {
+            format!(
+                "{} ({}, on BinaryCache {})",
+                t.token_id, t.reason, t.binary_cache
+            )
+        })
+        .collect();
+    Some(normal_event(
+        "Revoked",
+        "Revoke",
+        format!("revoked token {}", list.join(", ")),
+    ))
 }
 
 /// Conditions when the current token is in place: `Ready`, cert-manager's `Issuing`, and
@@ -265,6 +327,9 @@ pub fn status(
         status.renewal_time = time(i.renew_at);
         status.revision = Some(i.revision);
         status.token_id = i.jti.clone();
+        status.previous_tokens = revocation::previous_status(&i.pending);
+        status.revoked_tokens =
+            revocation::revoked_status(&status.revoked_tokens, &i.revoked, now.0.as_second());
     }
     status
 }

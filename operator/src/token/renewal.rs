@@ -53,6 +53,8 @@ pub enum Decision {
 pub struct Timing {
     pub validity: Duration,
     pub renew_before: Option<Duration>,
+    /// How long a token replaced by a renewal stays valid (`previousTokenGracePeriod`).
+    pub grace: Duration,
 }
 
 /// Parse the spec's durations: `renewBefore` must leave part of the lifetime.
@@ -76,6 +78,7 @@ pub fn timing(spec: &CacheTokenSpec) -> Result<Timing, InvalidSpec> {
     Ok(Timing {
         validity,
         renew_before,
+        grace: super::revocation::grace_period(spec)?,
     })
 }
 
@@ -147,13 +150,20 @@ pub fn decide(v: &Validated, secret: Option<&Secret>, verifier: &Verifier, now: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::secret::{secret_data, spec_hash, SPEC_HASH_ANNOTATION};
+    use crate::token::secret::{secret_data, spec_hash, Context, SPEC_HASH_ANNOTATION};
     use crate::token::tests::{key, spec, validated};
     use garret_core::token::TokenKeys;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::BTreeMap;
 
     const NOW: i64 = 1_800_000_000;
+
+    fn ctx() -> Context<'static> {
+        Context {
+            endpoint: "http://main.ns.svc/",
+            caches: &[],
+        }
+    }
 
     fn verifier() -> Verifier {
         Verifier::from_keys(TokenKeys::new(key()).expect("keys"), None, None)
@@ -169,7 +179,7 @@ mod tests {
                 )])),
                 ..ObjectMeta::default()
             },
-            data: Some(secret_data(&token, "http://main.ns.svc/")),
+            data: Some(secret_data(&validated(spec), &token, ctx())),
             ..Secret::default()
         }
     }
@@ -248,7 +258,7 @@ mod tests {
         );
 
         let mut corrupt = fresh.clone();
-        corrupt.data = Some(secret_data("not.a.jwt", "http://main.ns.svc/"));
+        corrupt.data = Some(secret_data(&validated(&s), "not.a.jwt", ctx()));
         assert!(matches!(
             decide(&validated(&s), Some(&corrupt), &v, NOW),
             Decision::Issue(Reason::SecretInvalid(_))

@@ -32,6 +32,7 @@ pub fn spec() -> CacheTokenSpec {
             ..TokenPermissions::default()
         },
         secret_name: "ci-token".into(),
+        previous_token_grace_period: None,
     }
 }
 
@@ -76,7 +77,18 @@ fn a_foreign_secret_is_never_taken_over() {
     let ct = cache_token(&spec());
     assert!(check_owner(&ct, None).is_ok());
     let v = validated(&spec());
-    let ours = secret::token_secret(&v, "t", "http://e/", "j", 1);
+    let stored = secret::Stored {
+        token: "t",
+        jti: "j",
+        exp: 2,
+        revision: 1,
+        pending: &[],
+    };
+    let ctx = secret::Context {
+        endpoint: "http://e/",
+        caches: &[],
+    };
+    let ours = secret::token_secret(&v, stored, ctx);
     assert!(check_owner(&ct, Some(&ours)).is_ok());
     let foreign = Secret::default();
     let err = check_owner(&ct, Some(&foreign)).expect_err("foreign");
@@ -177,6 +189,14 @@ struct Input {
 #[serde(rename_all = "camelCase")]
 struct Scenario {
     endpoint: String,
+    /// The BinaryCache's `status.caches`.
+    #[serde(default)]
+    caches: Vec<crate::types::CacheStatus>,
+    /// The revocation plan (tested on its own in `revocation`).
+    #[serde(default)]
+    pending: Vec<revocation::Pending>,
+    #[serde(default)]
+    revoke: Vec<RevokeInput>,
     now: i64,
     /// Data and annotations of the existing token Secret; absent: no Secret.
     current: Option<CurrentSecret>,
@@ -205,6 +225,14 @@ enum OutcomeInput {
         jti: String,
         exp: i64,
     },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokeInput {
+    token_id: String,
+    exp: i64,
+    reason: String,
 }
 
 fn reason(name: &str) -> Reason {
@@ -263,18 +291,43 @@ fn run(ct: &CacheToken, s: Scenario) -> Value {
     };
     let o = Observed {
         endpoint: s.endpoint,
+        caches: s.caches,
         current,
         status_revision: ct.status.as_ref().and_then(|s| s.revision).unwrap_or(0),
         now: s.now,
     };
-    let children = desired(&v, &o, outcome);
+    let reasons = [
+        "Renewed",
+        "SubjectChanged",
+        "PermissionsNarrowed",
+        "Deleted",
+    ];
+    let plan = revocation::Plan {
+        pending: s.pending,
+        revoke: s
+            .revoke
+            .into_iter()
+            .map(|r| revocation::Target {
+                binary_cache: v.binary_cache.clone(),
+                token_id: r.token_id,
+                exp: r.exp,
+                reason: reasons
+                    .into_iter()
+                    .find(|x| *x == r.reason)
+                    .unwrap_or("Renewed"),
+            })
+            .collect(),
+    };
+    let revoked = revoked_event(&plan.revoke);
+    let children = desired(&v, &o, outcome, plan);
     let now = time(s.now).expect("time");
     let wanted = ready_conditions(&v, &children.issued);
     json!({
         "secret": children.secret,
         "event": children.event.map(|e| json!({"reason": e.reason, "action": e.action, "note": e.note})),
+        "revokedEvent": revoked.map(|e| json!({"reason": e.reason, "action": e.action, "note": e.note})),
         "status": status(ct, &wanted, Some(&children.issued), &now),
-        "requeueAfterSecs": requeue_after(children.issued.renew_at, s.now, Duration::from_secs(300)).as_secs(),
+        "requeueAfterSecs": requeue_after(children.issued.next_at(), s.now, Duration::from_secs(300)).as_secs(),
     })
 }
 
@@ -307,4 +360,25 @@ fn cache_token_children_match_the_fixture() {
         "no Event without a new token"
     );
     assert_eq!(results["first-issue"]["event"]["reason"], "Issued");
+    let status = |case: &str| &results[case]["status"];
+    assert_eq!(
+        status("renewed-with-grace")["previousTokens"][0]["tokenId"],
+        "jti-old"
+    );
+    assert_eq!(
+        results["renewed-with-grace"]["requeueAfterSecs"], 300,
+        "the end of the grace period is within the resync"
+    );
+    assert_eq!(
+        status("grace-over")["revokedTokens"][0]["reason"],
+        "Renewed"
+    );
+    assert!(status("grace-over")["previousTokens"].is_null());
+    assert!(
+        !results["grace-over"]["secret"]["metadata"]["annotations"]
+            .as_object()
+            .is_some_and(|a| a.contains_key("garret.dev/previous-tokens")),
+        "the pending record leaves the Secret"
+    );
+    assert_eq!(results["grace-over"]["revokedEvent"]["reason"], "Revoked");
 }

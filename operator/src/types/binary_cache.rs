@@ -61,6 +61,13 @@ pub struct BinaryCacheSpec {
     /// Expose the server through an Ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// Pin garretd's `api-endpoint` (the URL clients switch to for uploads), e.g.
+    /// `https://cache.example.org/`. Unset (the default), garretd answers with the URL each
+    /// request came in on (Host, `X-Forwarded-Proto`), so pushing works through
+    /// `kubectl port-forward`, the Service and the Ingress alike. Also the `endpoint` of
+    /// token Secrets when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_endpoint: Option<String>,
     /// Container resource requests and limits (quantities such as `500m`, `1Gi`).
     #[serde(default)]
     pub resources: Resources,

@@ -51,9 +51,16 @@ pub struct CacheTokenSpec {
     /// Cache-name patterns (`*` wildcards) per permission; at least one pattern in all.
     #[serde(default)]
     pub permissions: TokenPermissions,
-    /// Secret to write (key `token`); owned by this CacheToken.
+    /// Secret to write (keys `token`, `endpoint`, `netrc`, `nix.conf`, `config.toml`); owned
+    /// by this CacheToken.
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub secret_name: String,
+    /// How long the token replaced by a routine renewal stays valid, so jobs that read it
+    /// before the renewal finish; then it is revoked. `0s` revokes it at once. Default
+    /// `1h`. (A changed subject, narrowed permissions or a deleted CacheToken revoke the old
+    /// token at once, whatever this says.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_token_grace_period: Option<String>,
 }
 
 /// Reference to a BinaryCache by name.
@@ -129,4 +136,37 @@ pub struct CacheTokenStatus {
     /// `jti` of the current token, for revocation lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// Tokens replaced by a renewal, still valid until `revokeAt` (the grace period).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_tokens: Vec<PreviousToken>,
+    /// Tokens of this CacheToken on the BinaryCache's revocation list, until they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_tokens: Vec<RevokedToken>,
+}
+
+/// A replaced token in its grace period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousToken {
+    pub token_id: String,
+    /// Its expiry.
+    #[schemars(schema_with = "optional_time_schema")]
+    pub not_after: Option<Time>,
+    /// When it goes on the revocation list.
+    #[schemars(schema_with = "optional_time_schema")]
+    pub revoke_at: Option<Time>,
+}
+
+/// A token on the revocation list.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedToken {
+    pub token_id: String,
+    /// Its expiry; the entry leaves the list (and this status) then.
+    #[schemars(schema_with = "optional_time_schema")]
+    pub not_after: Option<Time>,
+    #[schemars(schema_with = "optional_time_schema")]
+    pub revoked_at: Option<Time>,
+    /// `Renewed`, `SubjectChanged`, `PermissionsNarrowed`, `BinaryCacheChanged`.
+    pub reason: String,
 }
