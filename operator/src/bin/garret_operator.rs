@@ -84,10 +84,11 @@ async fn main() -> anyhow::Result<()> {
             .init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
-    let mut settings = Settings::default();
-    settings.namespace = cli.namespace.filter(|s| !s.is_empty());
-    settings.rsa_bits = usize::from(cli.rsa_bits);
-    settings.resync = cli.resync;
+    let settings = Settings {
+        namespace: cli.namespace.filter(|s| !s.is_empty()),
+        rsa_bits: usize::from(cli.rsa_bits),
+        resync: cli.resync,
+    };
     let metrics_addr = cli.metrics_addr;
     tokio::spawn(async move {
         if let Err(e) = metrics::serve(metrics_addr).await {
