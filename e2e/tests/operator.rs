@@ -162,14 +162,14 @@ async fn binary_cache_gets_children_status_and_keys() {
     let ready = condition(&status.conditions, "Ready").expect("Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "WaitingForReplicas")
+        ("False", "RollingOut")
     );
     assert_eq!(
-        condition(&status.conditions, "Progressing").map(|c| c.status.as_str()),
+        condition(&status.conditions, "Reconciling").map(|c| c.status.as_str()),
         Some("True")
     );
     assert_eq!(
-        condition(&status.conditions, "Degraded").map(|c| c.status.as_str()),
+        condition(&status.conditions, "Stalled").map(|c| c.status.as_str()),
         Some("False")
     );
     assert_eq!(
@@ -333,16 +333,22 @@ async fn binary_cache_gets_children_status_and_keys() {
 async fn invalid_spec_is_degraded_without_children() {
     let (client, ns, _op) = operator_in_namespace("op-invalid").await;
     let caches: Api<BinaryCache> = Api::namespaced(client.clone(), &ns);
-    apply_json(&caches, "bad", binary_cache("bad", json!({"replicas": 2}))).await;
+    // Passes the CRD's rules (see tests/validation.rs), refused by the operator.
+    apply_json(
+        &caches,
+        "bad",
+        binary_cache("bad", json!({"apiEndpoint": "ftp://cache.example.org/"})),
+    )
+    .await;
     let bc = observed(&caches, "bad").await;
     let conds = bc.status.expect("status").conditions;
-    let degraded = condition(&conds, "Degraded").expect("Degraded");
+    let degraded = condition(&conds, "Stalled").expect("Stalled");
     assert_eq!(
         (degraded.status.as_str(), degraded.reason.as_str()),
         ("True", "InvalidSpec")
     );
     assert!(
-        degraded.message.contains("more than one replica"),
+        degraded.message.contains("apiEndpoint"),
         "{}",
         degraded.message
     );
@@ -506,6 +512,31 @@ async fn cache_token_is_minted_verifiable_and_reissued() {
         format!("machine cache.example.org password {token3}\n")
     );
     assert_eq!(data_str(&moved, "token"), token3);
+    // … and so do the files a CI pod mounts (docs/operator.md): nix.conf and the client config.
+    let nix_conf = data_str(&moved, "nix.conf");
+    assert!(
+        nix_conf.contains("netrc-file = /var/run/secrets/garret/netrc\n"),
+        "{nix_conf}"
+    );
+    // Substituters are listed for the caches the BinaryCache's status publishes.
+    wait_for(T, "nix.conf follows status.caches", || async {
+        let published = caches
+            .get("main")
+            .await?
+            .status
+            .is_some_and(|s| s.caches.iter().any(|c| c.name == "team-ci"));
+        let conf = data_str(&secrets.get("ci-token").await?, "nix.conf");
+        let listed = conf.contains("extra-substituters = https://cache.example.org/team-ci\n")
+            && conf.contains("extra-trusted-public-keys = team-ci:");
+        Ok((published == listed).then_some(()))
+    })
+    .await
+    .expect("nix.conf substituters");
+    assert_eq!(
+        data_str(&moved, "config.toml"),
+        "default-server = \"main\"\n\n[servers.main]\nendpoint = \"https://cache.example.org/\"\n\
+         token-file = \"/var/run/secrets/garret/token\"\n"
+    );
 }
 
 #[tokio::test]
@@ -746,7 +777,7 @@ async fn operator_does_its_job_with_only_its_cluster_role() {
     assert_eq!(
         bc.status
             .as_ref()
-            .and_then(|s| condition(&s.conditions, "Degraded"))
+            .and_then(|s| condition(&s.conditions, "Stalled"))
             .map(|c| c.status.as_str()),
         Some("False"),
         "{:?}",
@@ -798,7 +829,7 @@ async fn cache_token_refuses_to_take_over_a_foreign_secret() {
         "t",
         cache_token(
             "t",
-            json!({"binaryCacheRef": {"name": "main"}, "subject": "s", "secretName": "precious"}),
+            json!({"binaryCacheRef": {"name": "main"}, "subject": "s", "permissions": {"pull": ["x"]}, "secretName": "precious"}),
         ),
     )
     .await;
@@ -834,7 +865,7 @@ async fn cache_token_waits_for_its_binary_cache() {
     apply_json(
         &tokens,
         "early",
-        cache_token("early", json!({"binaryCacheRef": {"name": "later"}, "subject": "s", "secretName": "early-token"})),
+        cache_token("early", json!({"binaryCacheRef": {"name": "later"}, "subject": "s", "permissions": {"pull": ["x"]}, "secretName": "early-token"})),
     )
     .await;
     let issuing = wait_for(T, "CacheToken waiting for its BinaryCache", || async {
