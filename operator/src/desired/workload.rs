@@ -252,7 +252,7 @@ pub fn deployment(v: &Validated) -> Deployment {
             strategy: Some(DeploymentStrategy {
                 type_: Some(strategy.into()),
                 // Surge first: a new pod is Ready before an old one stops serving.
-                rolling_update: (strategy == "RollingUpdate").then(|| RollingUpdateDeployment {
+                rolling_update: (strategy == "RollingUpdate").then_some(RollingUpdateDeployment {
                     max_surge: Some(IntOrString::Int(1)),
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
