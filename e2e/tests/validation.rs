@@ -151,6 +151,14 @@ async fn bad_binary_caches_are_refused_with_the_rule_and_good_ones_accepted() {
             "spec.ingress.host in body should match",
         ),
         (json!({"image": ""}), "spec.image in body should match"),
+        (
+            json!({"apiEndpoint": "cache.example.org"}),
+            "spec.apiEndpoint in body should match",
+        ),
+        (
+            json!({"apiEndpoint": "https:///path"}),
+            "spec.apiEndpoint in body should match",
+        ),
     ];
     for (i, (spec, needle)) in bad.iter().enumerate() {
         let obj = bc(&format!("bad-{i}"), spec.clone());
@@ -176,6 +184,8 @@ async fn bad_binary_caches_are_refused_with_the_rule_and_good_ones_accepted() {
         json!({"garbageCollection": {"interval": "1h 30m", "defaultRetentionPeriod": "3600"}}),
         json!({"garbageCollection": {"interval": "1.5h", "defaultRetentionPeriod": "2 weeks"}}),
         json!({"ingress": {"host": "cache.example.org", "tlsSecretName": "tls"}}),
+        json!({"apiEndpoint": "https://cache.example.org/"}),
+        json!({"apiEndpoint": "http://127.0.0.1:8080"}),
     ];
     for (i, spec) in good.iter().enumerate() {
         let obj = bc(&format!("good-{i}"), spec.clone());
@@ -235,6 +245,11 @@ async fn bad_cache_tokens_are_refused_with_the_rule_and_good_ones_accepted() {
             true,
         ),
         (
+            json!({"previousTokenGracePeriod": "a while"}),
+            "spec.previousTokenGracePeriod: Invalid value: \"a while\": must be a duration",
+            true,
+        ),
+        (
             json!({"secretName": "Bad_Name"}),
             "spec.secretName in body should match",
             false,
@@ -271,6 +286,8 @@ async fn bad_cache_tokens_are_refused_with_the_rule_and_good_ones_accepted() {
         json!({"permissions": {"pull": ["*"]}}),
         json!({"permissions": {"destroyCache": ["team-*"]}}),
         json!({"secretName": "ci.token-1"}),
+        json!({"previousTokenGracePeriod": "0s"}),
+        json!({"previousTokenGracePeriod": "2 hours"}),
     ];
     for (i, patch) in good.iter().enumerate() {
         let obj = ct(&format!("good-{i}"), token_spec(patch.clone()));

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     add_rule, add_rule_at, conditions_schema, duration_rule, unobserved_by_default, SecretKeyRef,
-    SecretRef, CACHE_NAME_PATTERN, NO_SPACE_PATTERN,
+    SecretRef, CACHE_NAME_PATTERN, NO_SPACE_PATTERN, URL_PATTERN,
 };
 
 /// Image used when the spec names none: the server release matching this operator.
@@ -67,6 +67,7 @@ pub struct BinaryCacheSpec {
     /// `kubectl port-forward`, the Service and the Ingress alike. Also the `endpoint` of
     /// token Secrets when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = URL_PATTERN))]
     pub api_endpoint: Option<String>,
     /// Container resource requests and limits (quantities such as `500m`, `1Gi`).
     #[serde(default)]

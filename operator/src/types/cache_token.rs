@@ -60,6 +60,7 @@ pub struct CacheTokenSpec {
     /// `1h`. (A changed subject, narrowed permissions or a deleted CacheToken revoke the old
     /// token at once, whatever this says.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_rule)]
     pub previous_token_grace_period: Option<String>,
 }
 

@@ -66,6 +66,8 @@ pub const CACHE_PATTERN_PATTERN: &str = r"^[A-Za-z0-9*][A-Za-z0-9_+*-]{0,49}$";
 /// A DNS-1123 subdomain: what Kubernetes accepts as a Secret or BinaryCache name.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// An `http://` or `https://` URL with a host and no whitespace (`spec.apiEndpoint`).
+pub const URL_PATTERN: &str = r"^https?://[^/\s]\S*$";
 /// One non-empty token without whitespace (images, hosts).
 pub const NO_SPACE_PATTERN: &str = r"^\S+$";
 
