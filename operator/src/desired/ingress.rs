@@ -2,9 +2,12 @@
 //! and garretd may take a while after the last byte before it answers.
 //!
 //! Annotations are rendered for ingress-nginx (`nginx.ingress.kubernetes.io/*`: body size,
-//! request buffering off, read/send timeouts) and for F5 NGINX Ingress Controller
-//! (`nginx.org/*`: body size, read/send timeouts). Traefik, HAProxy, Gateway API and cloud load
-//! balancers set these limits elsewhere (entrypoint config, policies); they are not covered.
+//! request buffering off, read/send timeouts), for F5 NGINX Ingress Controller (`nginx.org/*`:
+//! body size, read/send timeouts) and for the HAProxy Kubernetes Ingress Controller
+//! (`haproxy.org/timeout-server`: HAProxy has no body limit, but waits only 50 s by default
+//! for garretd's answer after the last byte). Traefik needs none per Ingress (no body limit),
+//! but its entrypoint's `respondingTimeouts.readTimeout` (60 s by default in v3) must be raised
+//! in its static config; see docs/operator.md.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +48,7 @@ pub fn default_annotations() -> BTreeMap<String, String> {
         ("nginx.org/client-max-body-size".into(), "0".into()),
         ("nginx.org/proxy-read-timeout".into(), format!("{t}s")),
         ("nginx.org/proxy-send-timeout".into(), format!("{t}s")),
+        ("haproxy.org/timeout-server".into(), format!("{t}s")),
     ])
 }
 
@@ -114,6 +118,7 @@ mod tests {
             "3600"
         );
         assert_eq!(ann["nginx.org/client-max-body-size"], "0");
+        assert_eq!(ann["haproxy.org/timeout-server"], "3600s");
         let spec = ing.spec.expect("spec");
         assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
         let tls = spec.tls.expect("tls");
