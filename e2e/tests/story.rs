@@ -129,7 +129,7 @@ impl Cluster {
                     addr: format!("127.0.0.1:{port}"),
                     forward: Some(Forward {
                         cmd: vec![
-                            "kubectl".into(),
+                            garret_e2e::kubectl().to_string_lossy().into_owned(),
                             format!("--kubeconfig={}", kubeconfig.display()),
                             "port-forward".into(),
                             "-n".into(),
@@ -170,13 +170,13 @@ fn check(what: &str, out: Output) -> String {
 }
 
 fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
+    let out = Command::new(garret_e2e::kubectl())
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("kubectl on PATH");
+        .expect("run kubectl");
     check(&format!("kubectl {}", args.join(" ")), out)
 }
 
@@ -614,6 +614,45 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     })
     .await
     .expect("reader token");
+
+    // The operator's replicas: exactly one leads, and it counted this reconcile and the
+    // tokens it minted (read from each pod's /metrics on the node).
+    if let Cluster::Harness(_) = cluster {
+        let pods: Api<Pod> = Api::namespaced(kube.clone(), OPERATOR_NS);
+        let lp = ListParams::default().labels("app.kubernetes.io/name=garret-operator");
+        let metrics = wait_for(T, "the operator's leader counted the reconciles", || async {
+            let mut texts = Vec::new();
+            for pod in pods.list(&lp).await?.items {
+                let Some(ip) = pod.status.and_then(|s| s.pod_ip) else {
+                    continue;
+                };
+                let out = clients
+                    .cmd("curl")
+                    .args(["-s", "--max-time", "5", &format!("http://{ip}:8080/metrics")])
+                    .output()
+                    .expect("curl");
+                texts.push(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            let leaders: Vec<&String> = texts
+                .iter()
+                .filter(|t| t.lines().any(|l| l == "garret_operator_leader 1"))
+                .collect();
+            let counted = leaders.first().is_some_and(|t| {
+                t.contains(r#"garret_operator_reconciles_total{kind="BinaryCache",result="success"}"#)
+                    && t.contains(&format!(
+                        r#"garret_operator_token_expiry_timestamp_seconds{{namespace="{ns}",name="ci"}}"#
+                    ))
+            });
+            Ok((texts.len() == 2 && leaders.len() == 1 && counted).then_some(texts))
+        })
+        .await
+        .expect("operator metrics");
+        let standbys = metrics
+            .iter()
+            .filter(|t| t.lines().any(|l| l == "garret_operator_leader 0"))
+            .count();
+        assert_eq!(standbys, 1, "one standby replica: {metrics:?}");
+    }
 
     // 3. The ingress controller: nginx configured from the Ingress the operator rendered.
     let ingresses: Api<Ingress> = Api::namespaced(kube.clone(), &ns);
@@ -1101,4 +1140,93 @@ spec:
         None,
     );
     check("substitute from replica 1", got);
+
+    // A start-time setting changes on the two-replica cache: a rolling update, and the
+    // Service answers every request while both pods are replaced (each new connection goes
+    // through kube-proxy, so a pod that stopped accepting too early would show as a failure).
+    let svc = Api::<Service>::namespaced(kube.clone(), &ns)
+        .get("ha")
+        .await
+        .expect("Service ha");
+    let through_service = format!(
+        "http://{}/ha/{hash}.narinfo",
+        cluster.upstream(&ns, &svc).addr
+    );
+    let poll = tmp.path().join("poll");
+    std::fs::create_dir_all(&poll).expect("mkdir poll");
+    let (stop, log) = (poll.join("stop"), poll.join("codes"));
+    let mut poller = clients
+        .cmd("sh")
+        .args([
+            "-c",
+            r#"while [ ! -e "$1" ]; do curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' "$3" >> "$2"; done"#,
+            "poller",
+        ])
+        .arg(&stop)
+        .arg(&log)
+        .arg(&through_service)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the poller");
+    let answered = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(T, "the poller's first answers", || async {
+        Ok((answered().lines().count() >= 3).then_some(()))
+    })
+    .await
+    .expect("poller running");
+    let bcs: Api<garret_operator::BinaryCache> = Api::namespaced(kube.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), &ns);
+    let gen0 = deployments
+        .get("ha")
+        .await
+        .expect("deployment")
+        .metadata
+        .generation;
+    bcs.patch(
+        "ha",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"garbageCollection": {"interval": "3s"}}})),
+    )
+    .await
+    .expect("patch BinaryCache");
+    wait_for(T, "both old pods replaced and gone", || async {
+        let d = deployments.get("ha").await?;
+        let now = all_pods(&kube, &ns, "ha").await;
+        Ok((d.metadata.generation != gen0
+            && deployment_rolled_out(&kube, &ns, "ha").await
+            && now.len() == 2
+            && now.iter().all(|p| !names.contains(p)))
+        .then_some(()))
+    })
+    .await
+    .expect("rolling update");
+    std::fs::write(&stop, "").expect("stop the poller");
+    poller.wait().expect("poller exits");
+    let codes = answered();
+    let failed: Vec<&str> = codes.lines().filter(|c| *c != "200").collect();
+    eprintln!(
+        "{} requests through the Service during the rolling update, {} not 200",
+        codes.lines().count(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed during the rolling update: {failed:?}"
+    );
+}
+
+/// Names of all garretd pods of BinaryCache `name`, terminating ones included.
+async fn all_pods(kube: &Client, ns: &str, name: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), ns);
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"));
+    pods.list(&lp)
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default()
 }
