@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -169,6 +170,11 @@ async fn apply_children(
     match &c.ingress {
         Some(ing) => drop(apply(&ingresses, ing).await?),
         None => delete_if_owned(&ingresses, &v.names().workload(), bc.uid().as_deref()).await?,
+    }
+    let budgets: Api<PodDisruptionBudget> = ctx.api(ns);
+    match &c.disruption_budget {
+        Some(pdb) => drop(apply(&budgets, pdb).await?),
+        None => delete_if_owned(&budgets, &v.names().workload(), bc.uid().as_deref()).await?,
     }
     Ok(deployment)
 }

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 pub use crate::error::InvalidSpec;
 use crate::types::CacheStatus;
@@ -77,6 +78,8 @@ pub struct Children {
     pub service: Service,
     /// `None`: an Ingress this BinaryCache owns is deleted.
     pub ingress: Option<Ingress>,
+    /// With `replicas > 1`; `None`: a budget this BinaryCache owns is deleted.
+    pub disruption_budget: Option<PodDisruptionBudget>,
     /// For status: the URL clients use.
     pub endpoint: String,
     /// For status: the public key of every declared cache.
@@ -103,6 +106,7 @@ pub fn desired(v: &Validated, o: &Observed) -> Children {
         deployment: workload::deployment(v),
         service: workload::service(v),
         ingress: ingress::ingress(v),
+        disruption_budget: workload::disruption_budget(v),
         endpoint: v.endpoint.clone(),
         caches: secrets::public_keys(v, &all_keys),
     }
@@ -112,6 +116,7 @@ pub fn desired(v: &Validated, o: &Observed) -> Children {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use k8s_openapi::ByteString;
     use serde_json::{json, Value};
 
@@ -168,6 +173,7 @@ mod tests {
         children.push(json!(c.deployment));
         children.push(json!(c.service));
         children.extend(c.ingress.iter().map(|i| json!(i)));
+        children.extend(c.disruption_budget.iter().map(|p| json!(p)));
         json!({
             "children": children,
             "events": events,
@@ -192,6 +198,7 @@ mod tests {
         assert_eq!(keys.metadata.resource_version.as_deref(), Some("7"));
         assert_eq!(keys.data.map(|d| d.len()), Some(2));
         assert!(c.data_pvc.is_some() && c.ingress.is_some());
+        assert!(c.disruption_budget.is_none(), "one replica: no budget");
         assert_eq!(c.endpoint, "https://cache.example.org/");
         assert_eq!(c.caches.len(), 2);
     }
@@ -204,6 +211,17 @@ mod tests {
             "keys exist"
         );
         assert!(c.data_pvc.is_none() && c.ingress.is_none());
+        let pdb = c
+            .disruption_budget
+            .expect("several replicas get a disruption budget");
+        let spec = pdb.spec.expect("spec");
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        let pod = c.deployment.spec.expect("spec").template.spec.expect("pod");
+        assert_eq!(
+            pod.topology_spread_constraints
+                .map(|t| t[0].topology_key.clone()),
+            Some("kubernetes.io/hostname".to_string())
+        );
         assert_eq!(c.endpoint, "http://big.ns.svc/");
         assert_eq!(c.caches.len(), 1);
     }

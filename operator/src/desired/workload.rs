@@ -11,9 +11,10 @@ use k8s_openapi::api::core::v1::{
     EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -238,6 +239,7 @@ pub fn deployment(v: &Validated) -> Deployment {
         // The pause above, then garretd's 30 s drain of requests in flight, then a margin.
         termination_grace_period_seconds: Some(PRE_STOP_SLEEP_SECONDS + 35),
         containers: vec![container(v, mounts)],
+        topology_spread_constraints: spread(v),
         volumes: Some(volumes),
         ..PodSpec::default()
     };
@@ -272,6 +274,40 @@ pub fn deployment(v: &Validated) -> Deployment {
         }),
         ..Deployment::default()
     }
+}
+
+/// Several replicas go to different nodes where the cluster has them (never blocking
+/// scheduling where it has not), so one node's loss leaves a replica serving.
+fn spread(v: &Validated) -> Option<Vec<TopologySpreadConstraint>> {
+    (v.spec.replicas > 1).then(|| {
+        vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(v.labels()),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        }]
+    })
+}
+
+/// With several replicas, a voluntary disruption (a node drain) takes at most one at a time;
+/// `None` for one replica (a budget there would block every drain).
+pub fn disruption_budget(v: &Validated) -> Option<PodDisruptionBudget> {
+    (v.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: v.child_meta(v.names().workload(), true),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(v.labels()),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
 }
 
 /// ClusterIP Service on port 80.
