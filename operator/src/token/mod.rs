@@ -52,6 +52,22 @@ pub fn validate(ct: &CacheToken) -> Result<Validated, InvalidSpec> {
         .namespace()
         .ok_or_else(|| InvalidSpec("CacheToken must be namespaced".into()))?;
     let spec = &ct.spec;
+    let p = &spec.permissions;
+    let granted = [
+        &p.pull,
+        &p.push,
+        &p.delete,
+        &p.create_cache,
+        &p.configure_cache,
+        &p.configure_cache_retention,
+        &p.destroy_cache,
+    ];
+    // The CRD refuses this at apply time; objects stored before that rule still get here.
+    if granted.iter().all(|list| list.is_empty()) {
+        return Err(InvalidSpec(
+            "permissions must grant at least one right on some cache".into(),
+        ));
+    }
     let timing = renewal::timing(spec)?;
     let request = renewal::make_token(spec, &timing)?;
     Ok(Validated {

@@ -73,6 +73,14 @@ fn validate_rejects_bad_timing_and_missing_identity() {
 }
 
 #[test]
+fn validate_rejects_a_token_that_grants_nothing() {
+    let mut s = spec();
+    s.permissions = Default::default();
+    let err = validate(&cache_token(&s)).expect_err("no rights");
+    assert!(err.0.contains("permissions"), "{}", err.0);
+}
+
+#[test]
 fn a_foreign_secret_is_never_taken_over() {
     let ct = cache_token(&spec());
     assert!(check_owner(&ct, None).is_ok());
