@@ -1,6 +1,7 @@
 //! Helpers most tests need: polling, CRD installation, applying YAML.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -27,6 +28,37 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Install every CRD in the `.yaml` files of `dir` (in name order; a file may hold several
+/// documents) with [`install_crd`]. Returns how many were installed.
+pub async fn install_crds_from(client: &Client, dir: &Path, timeout: Duration) -> Result<usize> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p.display().to_string(), e));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir.display().to_string(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut n = 0;
+    for file in files {
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&read(&file)?)
+            .map_err(|e| Error::Yaml(format!("{}: {e}", file.display())))?;
+        for doc in docs.into_iter().filter(|d| !d.is_null()) {
+            let crd: CustomResourceDefinition = serde_json::from_value(doc)
+                .map_err(|e| Error::Yaml(format!("{}: {e}", file.display())))?;
+            install_crd(client, &crd, timeout).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Install this repository's CRDs (`crds/`, what the chart installs).
+pub async fn install_garret_crds(client: &Client, timeout: Duration) -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    install_crds_from(client, &dir, timeout).await.map(drop)
 }
 
 /// Server-side apply a CRD (field manager `garret-e2e`, forced) and wait until

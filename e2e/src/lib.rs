@@ -44,7 +44,9 @@ use std::time::Duration;
 
 pub use binaries::{kubectl, testbin_dir, Binaries, BUILD_COMMAND, K8S_VERSION, TESTBIN_DIR_ENV};
 pub use control_plane::{ControlPlane, Identity, Options, ADMIN_USER};
-pub use helpers::{apply_yaml, install_crd, wait_for, ApplyYaml};
+pub use helpers::{
+    apply_yaml, install_crd, install_crds_from, install_garret_crds, wait_for, ApplyYaml,
+};
 pub use images::{
     build_images, default_bin_dir, ImageArchive, Images, GARRETD_REPOSITORY, IMAGES_BUILD_COMMAND,
     OPERATOR_REPOSITORY,

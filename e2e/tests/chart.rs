@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use garret_e2e::{install_crd, testbin_dir, ControlPlane, Options};
+use garret_e2e::{testbin_dir, ControlPlane, Options};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
@@ -267,26 +266,6 @@ async fn both_deployments_are_admitted_under_the_restricted_pod_security_standar
     assert!(all.contains("restricted"), "{all}");
 }
 
-async fn install_crds_from(client: &Client, dir: &Path) -> usize {
-    let mut n = 0;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file).expect("read CRD file");
-        for doc in documents(&text) {
-            let crd: CustomResourceDefinition =
-                serde_json::from_value(doc).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            install_crd(client, &crd, T).await.expect("install CRD");
-            n += 1;
-        }
-    }
-    n
-}
-
 fn example_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).expect("read docs/examples") {
@@ -305,7 +284,9 @@ fn example_files(dir: &Path) -> Vec<PathBuf> {
 async fn every_example_is_accepted_by_the_api_server_and_the_operator() {
     let cp = cp().await;
     let client = cp.admin_client().await.expect("client");
-    let ours = install_crds_from(&client, &repo().join("crds")).await;
+    let ours = garret_e2e::install_crds_from(&client, &repo().join("crds"), T)
+        .await
+        .expect("install CRDs");
     assert_eq!(ours, 2);
     let gitops = testbin_dir().expect("testbin").join("gitops-crds");
     assert!(
@@ -313,7 +294,9 @@ async fn every_example_is_accepted_by_the_api_server_and_the_operator() {
         "{} missing: `bash tools/k8s-testbin/build.sh` fetches the Argo CD and Flux CRDs",
         gitops.display()
     );
-    install_crds_from(&client, &gitops).await;
+    garret_e2e::install_crds_from(&client, &gitops, T)
+        .await
+        .expect("install the GitOps CRDs");
     // The GitOps objects live in their tools' namespaces.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for name in ["argocd", "flux-system"] {

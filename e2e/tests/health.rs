@@ -15,11 +15,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use garret_e2e::{install_crd, wait_for, ControlPlane, Options};
+use garret_e2e::{wait_for, ControlPlane, Options};
 use garret_operator::controller::{self, Settings};
 use garret_operator::types::{BinaryCache, CacheToken};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
@@ -116,15 +115,9 @@ async fn setup(prefix: &str, operator: bool) -> (Client, String, Option<Operator
         .await
         .expect("control plane");
     let client = cp.admin_client().await.expect("client");
-    let dir = root().join("crds");
-    for file in [
-        "binarycaches.garret.dev.yaml",
-        "cachetokens.garret.dev.yaml",
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).expect("read CRD file");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parse CRD");
-        install_crd(&client, &crd, T).await.expect("install CRD");
-    }
+    garret_e2e::install_garret_crds(&client, T)
+        .await
+        .expect("install CRDs");
     let ns = cp.create_namespace(prefix).await.expect("namespace");
     let op = operator.then(|| {
         let settings = Settings {

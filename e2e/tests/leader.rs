@@ -6,17 +6,15 @@
 //! counts the operator's writes (everything but GETs/watches and the Lease itself) and can
 //! cut the operator off (every request fails, as in a network partition).
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use garret_e2e::{install_crd, wait_for, ControlPlane, Options, ADMIN_USER};
+use garret_e2e::{wait_for, ControlPlane, Options, ADMIN_USER};
 use garret_operator::controller::{self, Settings};
 use garret_operator::leader::{run_while_leader, Election, Ended};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use serde_json::json;
@@ -142,15 +140,9 @@ async fn only_the_leader_writes_and_another_replica_takes_over() {
         .await
         .expect("control plane");
     let admin = cp.admin_client().await.expect("client");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for file in [
-        "binarycaches.garret.dev.yaml",
-        "cachetokens.garret.dev.yaml",
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).expect("read CRD");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parse CRD");
-        install_crd(&admin, &crd, T).await.expect("install CRD");
-    }
+    garret_e2e::install_garret_crds(&admin, T)
+        .await
+        .expect("install CRDs");
     let ns = cp.create_namespace("leader").await.expect("namespace");
     let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
 

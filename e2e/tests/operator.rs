@@ -8,14 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use garret_core::token::{SigningKey, Verifier};
-use garret_e2e::{install_crd, wait_for, ControlPlane, Identity, Options};
+use garret_e2e::{wait_for, ControlPlane, Identity, Options};
 use garret_operator::controller::{self, Settings};
 use garret_operator::types::{BinaryCache, CacheToken};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -31,15 +30,9 @@ async fn cp() -> &'static ControlPlane {
 
 /// Install the committed CRDs (idempotent; every test calls it).
 async fn install_crds(client: &Client) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for file in [
-        "binarycaches.garret.dev.yaml",
-        "cachetokens.garret.dev.yaml",
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).expect("read CRD file");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parse CRD");
-        install_crd(client, &crd, T).await.expect("install CRD");
-    }
+    garret_e2e::install_garret_crds(client, T)
+        .await
+        .expect("install CRDs");
 }
 
 /// The operator's controllers for one namespace; stopped when dropped.

@@ -16,12 +16,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use garret_e2e::{install_crd, wait_for, ControlPlane, Identity, Options};
+use garret_e2e::{wait_for, ControlPlane, Identity, Options};
 use garret_operator::controller::{self, Settings};
 use garret_operator::desired::{CACHE_KEYS_DIR, CONFIG_DIR, DATA_DIR, REVOCATIONS_DIR};
 use garret_operator::types::CacheToken;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Client;
 use serde_json::json;
@@ -36,15 +35,9 @@ async fn operator_in_namespace(prefix: &str) -> (Client, String, tokio::task::Jo
         Options::new().identity(Identity::new(OPERATOR_USER).group("system:serviceaccounts"));
     let cp = ControlPlane::shared(options).await.expect("control plane");
     let client = cp.admin_client().await.expect("client");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for file in [
-        "binarycaches.garret.dev.yaml",
-        "cachetokens.garret.dev.yaml",
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).expect("read CRD file");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parse CRD");
-        install_crd(&client, &crd, T).await.expect("install CRD");
-    }
+    garret_e2e::install_garret_crds(&client, T)
+        .await
+        .expect("install CRDs");
     let ns = cp.create_namespace(prefix).await.expect("namespace");
     let settings = Settings {
         namespace: Some(ns.clone()),

@@ -5,13 +5,11 @@
 //! the real `kubectl get` (the testbin's, same release as the control plane). No operator runs here: status is written by the test through the
 //! status subresource, as the operator would.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use garret_e2e::{install_crd, ControlPlane, Options};
+use garret_e2e::{ControlPlane, Options};
 use garret_operator::types::{BinaryCache, CacheToken};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
@@ -23,15 +21,9 @@ async fn setup(prefix: &str) -> (&'static ControlPlane, Client, String) {
         .await
         .expect("control plane");
     let client = cp.admin_client().await.expect("client");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for file in [
-        "binarycaches.garret.dev.yaml",
-        "cachetokens.garret.dev.yaml",
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).expect("read CRD file");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parse CRD");
-        install_crd(&client, &crd, T).await.expect("install CRD");
-    }
+    garret_e2e::install_garret_crds(&client, T)
+        .await
+        .expect("install CRDs");
     let ns = cp.create_namespace(prefix).await.expect("namespace");
     (cp, client, ns)
 }
