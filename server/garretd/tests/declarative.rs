@@ -90,11 +90,12 @@ async fn declared_caches_follow_the_config_file() {
         config(true, 99, "priority = 51\n\n[[caches]]\nname = \"../bad\"\n"),
     )
     .unwrap();
+    // The metric and the log line are written one after the other: wait for both.
     eventually(PATIENCE, "the invalid file is reported", || async {
         api.metric("garret_declared_config_applied").await == Some(0.0)
+            && g.logged("config file changed but is invalid")
     })
     .await;
-    assert!(g.logged("config file changed but is invalid"));
     assert_eq!(
         served_configs(&api, &admin).await,
         served,
@@ -175,12 +176,13 @@ async fn a_cache_whose_key_file_lands_after_the_config_is_served_once_it_does() 
     ]
     .concat();
     write_atomically(g.config.as_ref().unwrap(), &text);
+    let key_path = key_file.display().to_string();
     eventually(PATIENCE, "the missing key file is reported", || async {
         api.metric("garret_declared_config_applied").await == Some(0.0)
+            && g.logged("declared caches not applied yet")
+            && g.logged(&key_path)
     })
     .await;
-    assert!(g.logged("declared caches not applied yet"));
-    assert!(g.logged(&key_file.display().to_string()));
     assert_eq!(
         api.cache_config(Some(&admin), "other").await.0,
         StatusCode::OK,
@@ -205,9 +207,9 @@ async fn a_cache_whose_key_file_lands_after_the_config_is_served_once_it_does() 
     );
     eventually(PATIENCE, "the applied state is reported", || async {
         api.metric("garret_declared_config_applied").await == Some(1.0)
+            && g.logged("declared caches applied")
     })
     .await;
-    assert!(g.logged("declared caches applied"));
 }
 
 /// The same at start: a server whose config names a key file not there yet starts, serves

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use reqwest::StatusCode;
@@ -50,25 +50,29 @@ async fn database_outage_gives_503_and_recovers() {
 
     pg_ctl("stop");
     let result = std::panic::AssertUnwindSafe(async {
-        tokio::time::sleep(Duration::from_secs(6)).await; // past the cache-row TTL
-        let start = Instant::now();
+        // The process answers at once (the client's 20 s timeout would turn a hang into a
+        // failure); the narinfo lookup reaches the database once the cached cache row has
+        // expired, so poll until it does.
         let r = http.get(api.url("readyz")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let r = http
-            .get(api.url(&format!("c/{}.narinfo", fake_hash("other"))))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let url = api.url(&format!("c/{}.narinfo", fake_hash("other")));
+        let r = eventually_some(
+            PATIENCE,
+            "a narinfo lookup reaching the stopped database",
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let r = http.get(url).send().await.expect("answered, not hung");
+                    (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+                }
+            },
+        )
+        .await;
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["code"], 503);
         assert!(
             body["message"].as_str().unwrap().contains("database"),
             "{body}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "errors come fast, not after a hang"
         );
     });
     let outcome = futures::FutureExt::catch_unwind(result).await;
@@ -77,18 +81,20 @@ async fn database_outage_gives_503_and_recovers() {
         std::panic::resume_unwind(panic);
     }
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = http.get(api.url("readyz")).send().await.unwrap();
-        if r.status() == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "garretd did not recover after the database came back"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually(
+        PATIENCE,
+        "garretd ready again after the database came back",
+        || {
+            let (http, url) = (http.clone(), api.url("readyz"));
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK)
+            }
+        },
+    )
+    .await;
     assert_eq!(
         api.nar(&format!("c/nar/{}.nar", fake_hash("p")), None)
             .await,

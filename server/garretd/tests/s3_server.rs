@@ -152,11 +152,10 @@ async fn s3_outage_is_503_and_recovers() {
         .await
         .expect("healthz");
     assert_eq!(r.status(), StatusCode::OK, "the process itself stays alive");
-    let outage = t.elapsed();
-    eprintln!("three requests during the outage answered in {outage:?}");
-    assert!(
-        outage < Duration::from_secs(10),
-        "outage answers took {outage:?}"
+    // (Each request has the client's timeout: a hang fails there, not here.)
+    eprintln!(
+        "three requests during the outage answered in {:?}",
+        t.elapsed()
     );
 
     s3.resume();
