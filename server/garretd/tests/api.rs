@@ -590,20 +590,7 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     let (g, api, admin) = server_with_cache("c", false).await;
     let nar = nar_of_file(&noise(9, 6 << 20));
     let info = upload_info("c", "slow", &nar, &[]);
-    let (tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let body = reqwest::Body::wrap_stream(rx);
-    let upload = tokio::spawn({
-        let api = api.clone();
-        let admin = admin.clone();
-        async move {
-            api.req(Method::PUT, "_api/v1/upload-path", Some(&admin))
-                .header("X-Attic-Nar-Info", info.to_string())
-                .body(body)
-                .send()
-                .await
-        }
-    });
-    let mut tx = tx;
+    let (mut tx, upload) = api.upload_streaming(&admin, &info, 4);
     use futures::SinkExt;
     // More than a batch (2 MiB) of the NAR: the server stores chunks while the rest is
     // still to come, which shows that it is handling the upload.

@@ -14,18 +14,7 @@ async fn cache_deleted_during_an_upload_answers_no_such_cache() {
     let (g, api, admin) = server_with_cache("doomed", false).await;
     let nar = nar_of_file(&noise(21, 6 << 20));
     let info = upload_info("doomed", "in-flight", &nar, &[]);
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let upload = tokio::spawn({
-        let api = api.clone();
-        let admin = admin.clone();
-        async move {
-            api.req(Method::PUT, "_api/v1/upload-path", Some(&admin))
-                .header("X-Attic-Nar-Info", info.to_string())
-                .body(reqwest::Body::wrap_stream(rx))
-                .send()
-                .await
-        }
-    });
+    let (mut tx, upload) = api.upload_streaming(&admin, &info, 1);
     // Most of the NAR, then hold the rest back until the server is visibly ingesting (it
     // has recorded chunks), which it only does after authorizing the upload.
     let held = nar.len() - 4096;
@@ -93,34 +82,16 @@ async fn nar_collected_while_a_repush_proves_possession_answers_a_retryable_503(
     assert_eq!(g.count("nars"), 1);
 
     let info = upload_info("second", "twice", &nar, &[]);
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let upload = tokio::spawn({
-        let api = api.clone();
-        let admin = admin.clone();
-        async move {
-            api.req(Method::PUT, "_api/v1/upload-path", Some(&admin))
-                .header("X-Attic-Nar-Info", info.to_string())
-                .body(reqwest::Body::wrap_stream(rx))
-                .send()
-                .await
-        }
-    });
+    let (mut tx, upload) = api.upload_streaming(&admin, &info, 1);
     let held = nar.len() - 4096;
     for piece in nar[..held].chunks(256 << 10) {
         tx.send(Ok(piece.to_vec())).await.expect("send body");
     }
     // The server found the stored NAR and is reading the body against it.
-    for _ in 0..1200 {
-        if proving_possession(&api).await == Some(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        proving_possession(&api).await,
-        Some(1),
-        "proving possession"
-    );
+    eventually(PATIENCE, "the re-push proving possession", || async {
+        proving_possession(&api).await == Some(1)
+    })
+    .await;
 
     // Garbage collection now: the NAR is an orphan past its grace (its timestamps are moved
     // back, so whole-second clocks cannot make this depend on timing).

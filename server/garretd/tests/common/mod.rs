@@ -257,27 +257,10 @@ impl Garretd {
 
     /// The first column of every row a query returns.
     pub fn sql_rows(&self, query: &str) -> Vec<String> {
-        let out = if let Some((_, url)) =
-            self.env.iter().find(|(k, _)| k == "GARRETD_DATABASE__URL")
-        {
-            Command::new("psql")
-                .arg(url)
-                .args(["-tA", "-c", query])
-                .output()
-                .expect("psql")
-        } else {
-            Command::new("python3")
-                .arg("-c")
-                .arg("import sqlite3,sys\nfor r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchall(): print(r[0])")
-                .arg(self.data_dir.join("server.db"))
-                .arg(query)
-                .output()
-                .expect("python3")
-        };
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = self.database_command(
+            &["-tA", "-c"],
+            "import sqlite3,sys\nfor r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchall(): print(r[0])",
+            query,
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -288,28 +271,44 @@ impl Garretd {
 
     /// Runs statements that change the server's database (committed at once).
     pub fn sql_exec(&self, statements: &str) {
-        let out = if let Some((_, url)) =
-            self.env.iter().find(|(k, _)| k == "GARRETD_DATABASE__URL")
-        {
-            Command::new("psql")
-                .arg(url)
-                .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", statements])
-                .output()
-                .expect("psql")
-        } else {
-            Command::new("python3")
-                .arg("-c")
-                .arg("import sqlite3,sys\nc=sqlite3.connect(sys.argv[1], timeout=60)\nc.executescript(sys.argv[2])\nc.commit()")
-                .arg(self.data_dir.join("server.db"))
-                .arg(statements)
-                .output()
-                .expect("python3")
-        };
+        self.database_command(
+            &["-q", "-v", "ON_ERROR_STOP=1", "-c"],
+            "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1], timeout=60)\nc.executescript(sys.argv[2])\nc.commit()",
+            statements,
+        );
+    }
+
+    /// Runs `sql` against the server's database: `psql <psql_args> sql` on PostgreSQL,
+    /// `python3 -c <sqlite_script> server.db sql` on SQLite; fails the test on an error.
+    fn database_command(
+        &self,
+        psql_args: &[&str],
+        sqlite_script: &str,
+        sql: &str,
+    ) -> std::process::Output {
+        let out =
+            if let Some((_, url)) = self.env.iter().find(|(k, _)| k == "GARRETD_DATABASE__URL") {
+                Command::new("psql")
+                    .arg(url)
+                    .args(psql_args)
+                    .arg(sql)
+                    .output()
+                    .expect("psql")
+            } else {
+                Command::new("python3")
+                    .arg("-c")
+                    .arg(sqlite_script)
+                    .arg(self.data_dir.join("server.db"))
+                    .arg(sql)
+                    .output()
+                    .expect("python3")
+            };
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        out
     }
 
     /// Moves every recorded time of the stored data (objects, NARs, chunks, pending Nix
@@ -392,6 +391,9 @@ impl Garretd {
 }
 
 /// A thin HTTP helper for the Attic API.
+/// The test's end of a streamed request body.
+pub type BodySender = futures::channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
+
 #[derive(Clone)]
 pub struct Api {
     pub http: reqwest::Client,
@@ -414,6 +416,26 @@ impl Api {
             Some(t) => r.bearer_auth(t),
             None => r,
         }
+    }
+
+    /// Starts a `PUT upload-path` (header form) whose body the test feeds piece by piece
+    /// through the returned sender (`buffer` pieces in flight); the task ends with the
+    /// server's answer once the sender is dropped.
+    pub fn upload_streaming(
+        &self,
+        token: &str,
+        info: &serde_json::Value,
+        buffer: usize,
+    ) -> (
+        BodySender,
+        tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    ) {
+        let (tx, rx) = futures::channel::mpsc::channel(buffer);
+        let request = self
+            .req(reqwest::Method::PUT, "_api/v1/upload-path", Some(token))
+            .header("X-Attic-Nar-Info", info.to_string())
+            .body(reqwest::Body::wrap_stream(rx));
+        (tx, tokio::spawn(request.send()))
     }
 
     /// Sends a request without a body.
