@@ -3,7 +3,8 @@
 # kube-scheduler and kube-proxy (and helm v3) for the e2e harness from the Go
 # module proxy, into a cache directory outside the repo keyed by the
 # Kubernetes version. Only missing binaries are built. It also fetches the Argo CD and
-# Flux CRDs the e2e tests install (into gitops-crds/ there).
+# Flux CRDs the e2e tests install (into gitops-crds/ there), and the Gateway API's
+# standard-channel GatewayClass, Gateway and HTTPRoute CRDs (into gateway-crds/).
 #
 #   bash tools/k8s-testbin/build.sh            # build, or reuse what is there
 #   bash tools/k8s-testbin/build.sh --print-dir
@@ -30,6 +31,10 @@ FLUX_HELM_MODULE=github.com/fluxcd/helm-controller@v1.4.0
 FLUX_KUSTOMIZE_MODULE=github.com/fluxcd/kustomize-controller@v1.6.0
 FLUX_SOURCE_MODULE=github.com/fluxcd/source-controller@v1.7.0
 GITOPS_CRDS_STAMP=".complete-argocd-v3.2.0-helm-v1.4.0-kustomize-v1.6.0-source-v1.7.0"
+# The kinds a BinaryCache's spec.gateway touches (e2e/tests/gateway.rs), from the project's
+# own module: the standard channel, as `kubectl apply -f standard-install.yaml` installs it.
+GATEWAY_API_MODULE=sigs.k8s.io/gateway-api@v1.6.3
+GATEWAY_CRDS_STAMP=".complete-gateway-api-v1.6.3-standard"
 
 K8S_VERSION=$(sed -n 's/^[[:space:]]*\(require[[:space:]]\{1,\}\)\{0,1\}k8s\.io\/kubernetes v\([0-9][0-9.]*\).*/\2/p' "$HERE/go.mod" | head -n1)
 if [ -z "$K8S_VERSION" ]; then
@@ -71,6 +76,7 @@ have_all() {
 	for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || return 1; done
 	if [ "${GARRET_TESTBIN_SKIP_HELM:-0}" != 1 ]; then [ -x "$OUT/helm" ] || return 1; fi
 	[ -f "$OUT/gitops-crds/$GITOPS_CRDS_STAMP" ] || return 1
+	[ -f "$OUT/gateway-crds/$GATEWAY_CRDS_STAMP" ] || return 1
 	return 0
 }
 
@@ -139,9 +145,10 @@ if [ "${GARRET_TESTBIN_SKIP_HELM:-0}" != 1 ] && ! [ -x "$OUT/helm" ]; then
 	mv -f "$TMP/helm" "$OUT/helm"
 fi
 
+module_dir() { (cd "$TMP" && GOFLAGS=-mod=mod "$GO" mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'); }
+
 if ! [ -f "$OUT/gitops-crds/$GITOPS_CRDS_STAMP" ]; then
 	rm -rf "$OUT/gitops-crds" && mkdir -p "$TMP/gitops-crds"
-	module_dir() { (cd "$TMP" && GOFLAGS=-mod=mod "$GO" mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'); }
 	cp "$(module_dir "$ARGOCD_MODULE")/manifests/crds/application-crd.yaml" "$TMP/gitops-crds/"
 	cp "$(module_dir "$FLUX_HELM_MODULE")/config/crd/bases/helm.toolkit.fluxcd.io_helmreleases.yaml" "$TMP/gitops-crds/"
 	cp "$(module_dir "$FLUX_KUSTOMIZE_MODULE")/config/crd/bases/kustomize.toolkit.fluxcd.io_kustomizations.yaml" "$TMP/gitops-crds/"
@@ -150,6 +157,17 @@ if ! [ -f "$OUT/gitops-crds/$GITOPS_CRDS_STAMP" ]; then
 	chmod u+w "$TMP/gitops-crds/"*
 	touch "$TMP/gitops-crds/$GITOPS_CRDS_STAMP"
 	mv "$TMP/gitops-crds" "$OUT/gitops-crds"
+fi
+
+if ! [ -f "$OUT/gateway-crds/$GATEWAY_CRDS_STAMP" ]; then
+	rm -rf "$OUT/gateway-crds" && mkdir -p "$TMP/gateway-crds"
+	src=$(module_dir "$GATEWAY_API_MODULE")/config/crd/standard
+	for kind in gatewayclasses gateways httproutes; do
+		cp "$src/gateway.networking.k8s.io_$kind.yaml" "$TMP/gateway-crds/"
+	done
+	chmod u+w "$TMP/gateway-crds/"*
+	touch "$TMP/gateway-crds/$GATEWAY_CRDS_STAMP"
+	mv "$TMP/gateway-crds" "$OUT/gateway-crds"
 fi
 
 "$OUT/kube-apiserver" --version >&2
