@@ -50,6 +50,11 @@ pub struct Metrics {
     pub nar_read_buffer_budget: Gauge,
     pub uploads_in_progress: Family<UploadLabels, Gauge>,
     pub declared_config_applied: Gauge,
+    /// Resumable uploads (store/parts.rs): parts staged, parts sent again (no-ops), and
+    /// sessions GC removed unfinished.
+    pub upload_parts_stored: Counter,
+    pub upload_parts_redundant: Counter,
+    pub upload_sessions_abandoned: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -182,6 +187,24 @@ impl Metrics {
                 "1 when every cache the config file declares is applied as declared, 0 while \
                  some are not (the file is invalid, or a key file is missing; retried with backoff)",
                 Gauge::default(),
+            ),
+            upload_parts_stored: add(
+                &mut r,
+                "upload_parts_stored",
+                "Parts of resumable uploads received, checked and staged",
+                Counter::default(),
+            ),
+            upload_parts_redundant: add(
+                &mut r,
+                "upload_parts_redundant",
+                "Parts of resumable uploads sent again although already staged (no-ops)",
+                Counter::default(),
+            ),
+            upload_sessions_abandoned: add(
+                &mut r,
+                "upload_sessions_abandoned",
+                "Unfinished resumable upload sessions garbage collection removed",
+                Counter::default(),
             ),
             registry: r,
         }

@@ -5,6 +5,8 @@ mod caches;
 mod chunks;
 mod gc;
 mod objects;
+mod pins;
+mod upload_sessions;
 
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use sqlx::{AnyPool, Executor};
 pub use caches::{CachePatch, CacheRow, NewCache};
 pub use chunks::{ChunkLoc, NewChunk};
 pub use objects::{CommitOutcome, NarRow, NewNar, NewObject, ObjectRow, PathMeta};
+pub use pins::{DeleteOutcome, NewPin, PinOutcome, PinRow};
+pub use upload_sessions::{PartRow, SessionKey, SessionRow};
 
 #[derive(Debug, thiserror::Error)]
 #[error("database: {context}: {source}")]

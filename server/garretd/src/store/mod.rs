@@ -8,6 +8,7 @@ mod compression;
 mod download;
 mod ingest;
 mod nix_push;
+pub mod parts;
 
 use crate::backend::DynStorage;
 use crate::config::Config;
