@@ -11,6 +11,7 @@ mod nix_read;
 mod nix_upload;
 pub mod state;
 mod upload;
+mod upload_session;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
@@ -44,6 +45,22 @@ pub fn router(state: SharedState) -> Router {
             post(upload::get_missing_paths),
         )
         .route("/_api/v1/upload-path", put(upload::upload_path))
+        .route(
+            "/_api/v1/upload-session",
+            get(upload_session::capabilities).post(upload_session::create),
+        )
+        .route(
+            "/_api/v1/upload-session/{id}",
+            get(upload_session::get_session),
+        )
+        .route(
+            "/_api/v1/upload-session/{id}/part/{part}",
+            put(upload_session::put_part),
+        )
+        .route(
+            "/_api/v1/upload-session/{id}/commit",
+            post(upload_session::commit),
+        )
         .route(
             "/{cache}/nix-cache-info",
             get(nix_read::nix_cache_info).put(nix_upload::put_cache_info),

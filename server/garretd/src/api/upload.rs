@@ -138,7 +138,7 @@ async fn drain(stream: &mut BodyStream) {
 }
 
 /// Checks everything about the upload info that can be checked before reading the NAR.
-fn validate(info: &UploadPathNarInfo) -> ServerResult<(StorePath, NarClaim)> {
+pub(super) fn validate(info: &UploadPathNarInfo) -> ServerResult<(StorePath, NarClaim)> {
     let bad = |what: &str, e: &dyn std::fmt::Display| {
         ServerError::request(format!("invalid {what}: {e}"))
     };
@@ -211,7 +211,7 @@ pub async fn upload_path(
 /// Whether the caller's token (verified: signature, time, issuer and audience) grants push
 /// on any cache at all. Push is never implied by a public cache, so a caller without it can
 /// only be refused, whatever cache its upload names.
-fn may_push_somewhere(caller: &Caller) -> bool {
+pub(super) fn may_push_somewhere(caller: &Caller) -> bool {
     caller
         .claims
         .as_ref()

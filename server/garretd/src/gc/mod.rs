@@ -8,6 +8,8 @@
 //! 4. compact packs that are mostly dead: copy the live chunks into a new pack and point
 //!    them there. The old pack (now all `Z`) is deleted by the next run, so downloads that
 //!    looked up the old locations have long finished.
+//! 5. remove resumable-upload sessions that expired unfinished (or whose cache is gone),
+//!    with their staged parts (`store::parts::sweep_sessions`).
 //!
 //! Uploads never reference a `D` chunk: reuse requires `V` and refreshes `last_used_at`,
 //! and the commit re-checks both in its transaction, so GC and uploads may race freely.
@@ -41,6 +43,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Temporary files left by interrupted uploads (older than the storage's age rule).
     pub temp_files_swept: u64,
+    /// Resumable-upload sessions removed unfinished, with their staged parts.
+    pub upload_sessions_removed: u64,
 }
 
 /// Where a run may be told to stop early, to prove that the next run finishes the job.
@@ -218,6 +222,8 @@ pub async fn run_once_at(
     }
     report.packs_compacted = compact(db, storage).await;
     report.temp_files_swept = storage.sweep_temporary().await as u64;
+    report.upload_sessions_removed =
+        crate::store::parts::sweep_sessions(db, storage, now).await?;
     let m = &crate::metrics::METRICS;
     m.gc_runs.inc();
     m.gc_bytes_freed.inc_by(report.bytes_freed);
