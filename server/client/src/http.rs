@@ -17,6 +17,10 @@ use garret_core::wire::{
     NAR_INFO_PREAMBLE_SIZE_HEADER,
 };
 
+mod parts;
+
+pub use parts::session_gone;
+
 /// Attic's client switches to the preamble form at this size of the upload-info JSON.
 pub const NAR_INFO_HEADER_LIMIT: usize = 4096;
 

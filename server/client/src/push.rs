@@ -1,6 +1,10 @@
 //! Push pipeline: plan (closure → path-info → upstream filter → get-missing-paths), then
 //! upload the missing paths with N workers, each streaming one NAR from `nix store dump-path`
-//! into one PUT. Failures are collected per path; they never stop the other uploads.
+//! into one PUT, or, above `--part-size` and when the server offers it, as parts that
+//! survive proxy body limits and resume where they stopped ([`parts`]). Failures are
+//! collected per path; they never stop the other uploads.
+
+mod parts;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,6 +26,33 @@ pub struct PushOptions {
     pub ignore_upstream_filter: bool,
     pub jobs: usize,
     pub force_preamble: bool,
+    /// NARs larger than this go in parts of this size, if the server offers part uploads;
+    /// 0 sends every NAR in one request.
+    pub part_size: u64,
+}
+
+/// The default part size: under the 100 MiB body limit of Cloudflare-style proxies, and a
+/// size a proxy's limit can be raised to.
+pub const DEFAULT_PART_SIZE: u64 = 64 << 20;
+
+/// Parses a byte size: a number with an optional binary suffix (`K`/`KiB`, `M`/`MiB`,
+/// `G`/`GiB`, any case).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 64MiB, 512K, 1048576)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return Err(format!("{text:?}: unknown unit (use K, M or G, i.e. KiB, MiB, GiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// What to upload, and what was left out and why.
@@ -165,10 +196,23 @@ pub async fn upload(
         upstream: plan.upstream,
         ..Default::default()
     };
+    // Ask once whether the server takes parts, and only if some NAR needs them.
+    let parts_ok = opts.part_size > 0
+        && plan.upload.iter().any(|p| p.nar_size > opts.part_size)
+        && match api.upload_session_capabilities().await {
+            Ok(caps) => caps.is_some(),
+            Err(e) => {
+                progress.println(&format!(
+                    "could not ask the server about part uploads ({e:#}); sending whole NARs"
+                ));
+                false
+            }
+        };
     let results: Vec<(String, u64, Result<UploadPathResultKind>)> =
         futures::stream::iter(plan.upload.into_iter().map(|info| async move {
             let path = info.path.as_str().to_string();
-            let r = upload_one(api, cache, &info, opts, progress).await;
+            let in_parts = parts_ok && info.nar_size > opts.part_size;
+            let r = upload_one(api, cache, &info, opts, in_parts, progress).await;
             (path, info.nar_size, r)
         }))
         .buffer_unordered(opts.jobs.max(1))
@@ -196,13 +240,15 @@ pub async fn upload(
 const ATTEMPTS: u32 = 3;
 
 fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
+    // A part upload's session that is gone (expired) is started afresh.
+    crate::http::session_gone(e)
+        || e.chain().any(|c| {
         if let Some(api) = c.downcast_ref::<ApiError>() {
             return api.status().is_server_error();
         }
-        c.downcast_ref::<reqwest::Error>()
-            .is_some_and(|r| r.is_connect() || r.is_request() || r.is_body())
-    })
+            c.downcast_ref::<reqwest::Error>()
+                .is_some_and(|r| r.is_connect() || r.is_request() || r.is_body())
+        })
 }
 
 async fn upload_one(
@@ -210,12 +256,14 @@ async fn upload_one(
     cache: &CacheName,
     info: &PathInfo,
     opts: &PushOptions,
+    in_parts: bool,
     progress: &Progress,
 ) -> Result<UploadPathResultKind> {
     let path = info.path.as_str();
     let mut attempt = 1;
     loop {
-        match upload_attempt(api, cache, info, opts, progress).await {
+        // A retry of a part upload resumes: the server keeps the parts it has.
+        match upload_attempt(api, cache, info, opts, in_parts, progress).await {
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                 progress.println(&format!("retrying {path} after: {e:#}"));
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
@@ -231,10 +279,15 @@ async fn upload_attempt(
     cache: &CacheName,
     info: &PathInfo,
     opts: &PushOptions,
+    in_parts: bool,
     progress: &Progress,
 ) -> Result<UploadPathResultKind> {
     let path = info.path.as_str();
     let bar = Arc::new(progress.start(path, info.nar_size));
+    if in_parts {
+        let result = parts::upload(api, &upload_info(cache, info), opts.part_size, bar.clone()).await;
+        return finish(&bar, result);
+    }
     let nar = local_nix::dump(path)?;
     let counted = {
         let bar = bar.clone();
@@ -247,6 +300,13 @@ async fn upload_attempt(
     let result = api
         .upload_path(&upload_info(cache, info), counted, opts.force_preamble)
         .await;
+    finish(&bar, result)
+}
+
+fn finish(
+    bar: &crate::progress::PathProgress,
+    result: Result<garret_core::wire::UploadPathResult>,
+) -> Result<UploadPathResultKind> {
     match result {
         Ok(r) => {
             bar.finish(match r.kind {

@@ -38,6 +38,11 @@ pub struct Args {
     /// Send the upload metadata in the body even when it would fit a header.
     #[arg(long)]
     pub force_preamble: bool,
+    /// NARs larger than this are sent in parts of this size (K, M, G suffixes), when the
+    /// server offers part uploads: each part passes a proxy's body limit, and an
+    /// interrupted push resumes with the parts the server has. 0 sends whole NARs.
+    #[arg(long, env = "GARRET_PART_SIZE", default_value = "64MiB", value_parser = crate::push::parse_size)]
+    pub part_size: u64,
 }
 
 pub async fn run(a: Args) -> Result<()> {
@@ -66,6 +71,7 @@ pub async fn run(a: Args) -> Result<()> {
         ignore_upstream_filter: a.ignore_upstream_cache_filter,
         jobs: usize::from(a.jobs),
         force_preamble: a.force_preamble,
+        part_size: a.part_size,
     };
     let p = plan(
         &api,

@@ -153,6 +153,7 @@ pub async fn run(a: Args) -> Result<()> {
         ignore_upstream_filter: a.ignore_upstream_cache_filter,
         jobs: usize::from(a.jobs),
         force_preamble: false,
+        part_size: crate::push::DEFAULT_PART_SIZE,
     };
     let progress = Progress::new();
     let mut watch = Watch::new(sd, list(&dir)?);
