@@ -20,6 +20,7 @@ use super::{
     error_policy, get_opt, now, patch_status, scoped_api, Context, Settings,
 };
 use crate::condition::Wanted;
+use crate::desired::gateway::{HTTPRoute, GATEWAY_GROUP};
 use crate::desired::meta::{key_of, normal_event};
 use crate::desired::{self, secrets, status, Children, Names, Observed, Validated};
 use crate::types::{BinaryCache, ReclaimPolicy};
@@ -176,7 +177,36 @@ async fn apply_children(
         Some(pdb) => drop(apply(&budgets, pdb).await?),
         None => delete_if_owned(&budgets, &v.names().workload(), bc.uid().as_deref()).await?,
     }
+    apply_http_route(bc, ctx, v, c.http_route.as_ref()).await?;
     Ok(deployment)
+}
+
+/// The HTTPRoute when `spec.gateway` asks for one, else an owned one is deleted. Applied
+/// last, so a cluster without the Gateway API CRDs still gets every other child: the API
+/// server then answers 404 for the kind itself, which is a wait ([`Error::Dependency`]: in
+/// status, retried on its short schedule, picked up once the CRDs are installed), not a
+/// failure with back-off. With no route wanted, a missing kind leaves nothing to delete.
+async fn apply_http_route(
+    bc: &BinaryCache,
+    ctx: &Context,
+    v: &Validated,
+    route: Option<&HTTPRoute>,
+) -> Result<()> {
+    let routes: Api<HTTPRoute> = ctx.api(&v.namespace);
+    let Some(route) = route else {
+        return delete_if_owned(&routes, &v.names().workload(), bc.uid().as_deref()).await;
+    };
+    match apply(&routes, route).await {
+        Err(Error::Kube {
+            source: kube::Error::Api(s),
+            ..
+        }) if s.code == 404 => Err(Error::Dependency(format!(
+            "spec.gateway needs the Gateway API: the API server serves no HTTPRoute \
+             ({GATEWAY_GROUP}/v1); install the Gateway API CRDs (standard channel) \
+             or remove spec.gateway"
+        ))),
+        other => other.map(drop),
+    }
 }
 
 /// Replace (not apply) with the read resourceVersion: a concurrent writer makes this fail and

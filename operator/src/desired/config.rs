@@ -13,27 +13,26 @@ use super::{CACHE_KEYS_DIR, DATA_DIR, HTTP_PORT, REVOCATIONS_DIR, REVOCATION_FIL
 use crate::types::BinaryCache;
 
 /// The URL clients reach the server at: `spec.apiEndpoint` when pinned, else the Ingress
-/// host when exposed, else the Service. Takes the raw object because CacheTokens read it
-/// from a BinaryCache they do not validate.
+/// host when exposed, else the HTTPRoute's first hostname without a wildcard, else the
+/// Service. Takes the raw object because CacheTokens read it from a BinaryCache they do not
+/// validate.
 pub fn endpoint(bc: &BinaryCache) -> String {
     if let Some(pinned) = pinned_api_endpoint(bc) {
         return pinned;
     }
-    match &bc.spec.ingress {
-        Some(i) => {
-            let scheme = if i.tls_secret_name.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{}/", i.host)
-        }
-        None => format!(
-            "http://{}.{}.svc/",
-            Names(bc.metadata.name.as_deref().unwrap_or_default()).workload(),
-            bc.metadata.namespace.as_deref().unwrap_or_default()
-        ),
+    let scheme = |tls: bool| if tls { "https" } else { "http" };
+    if let Some(i) = &bc.spec.ingress {
+        return format!("{}://{}/", scheme(i.tls_secret_name.is_some()), i.host);
     }
+    let gateway = bc.spec.gateway.as_ref();
+    if let Some((g, host)) = gateway.and_then(|g| Some((g, super::gateway::endpoint_host(g)?))) {
+        return format!("{}://{host}/", scheme(g.tls));
+    }
+    format!(
+        "http://{}.{}.svc/",
+        Names(bc.metadata.name.as_deref().unwrap_or_default()).workload(),
+        bc.metadata.namespace.as_deref().unwrap_or_default()
+    )
 }
 
 /// `spec.apiEndpoint` with the trailing `/` garretd requires.

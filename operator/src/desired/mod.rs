@@ -12,6 +12,7 @@
 //! places keys, so the same inputs always give the same objects.
 
 pub mod config;
+pub mod gateway;
 pub mod ingress;
 pub mod meta;
 pub mod secrets;
@@ -78,6 +79,8 @@ pub struct Children {
     pub service: Service,
     /// `None`: an Ingress this BinaryCache owns is deleted.
     pub ingress: Option<Ingress>,
+    /// With `spec.gateway`; `None`: an HTTPRoute this BinaryCache owns is deleted.
+    pub http_route: Option<gateway::HTTPRoute>,
     /// With `replicas > 1`; `None`: a budget this BinaryCache owns is deleted.
     pub disruption_budget: Option<PodDisruptionBudget>,
     /// For status: the URL clients use.
@@ -106,6 +109,7 @@ pub fn desired(v: &Validated, o: &Observed) -> Children {
         deployment: workload::deployment(v),
         service: workload::service(v),
         ingress: ingress::ingress(v),
+        http_route: gateway::http_route(v),
         disruption_budget: workload::disruption_budget(v),
         endpoint: v.endpoint.clone(),
         caches: secrets::public_keys(v, &all_keys),
@@ -173,6 +177,7 @@ mod tests {
         children.push(json!(c.deployment));
         children.push(json!(c.service));
         children.extend(c.ingress.iter().map(|i| json!(i)));
+        children.extend(c.http_route.iter().map(|r| json!(r)));
         children.extend(c.disruption_budget.iter().map(|p| json!(p)));
         json!({
             "children": children,

@@ -126,6 +126,9 @@ fn check_spec(spec: &BinaryCacheSpec) -> Result<(), InvalidSpec> {
     {
         return invalid("ingress.host must not be empty");
     }
+    if let Some(gateway) = &spec.gateway {
+        super::gateway::check(gateway)?;
+    }
     Ok(())
 }
 

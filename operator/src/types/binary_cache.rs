@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     add_rule, add_rule_at, conditions_schema, duration_rule, unobserved_by_default, SecretKeyRef,
-    SecretRef, CACHE_NAME_PATTERN, NO_SPACE_PATTERN, URL_PATTERN,
+    SecretRef, CACHE_NAME_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN,
+    GATEWAY_DURATION_PATTERN, GATEWAY_HOSTNAME_PATTERN, NO_SPACE_PATTERN, URL_PATTERN,
 };
 
 /// Image used when the spec names none: the server release matching this operator.
@@ -61,6 +62,9 @@ pub struct BinaryCacheSpec {
     /// Expose the server through an Ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// Expose the server through a Gateway API `HTTPRoute` (may be set with `ingress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
     /// Pin garretd's `api-endpoint` (the URL clients switch to for uploads), e.g.
     /// `https://cache.example.org/`. Unset (the default), garretd answers with the URL each
     /// request came in on (Host, `X-Forwarded-Proto`), so pushing works through
@@ -187,6 +191,80 @@ pub struct IngressSpec {
     /// Extra annotations; they override the rendered defaults.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// Gateway API exposure: an `HTTPRoute` (`gateway.networking.k8s.io/v1`) named like the
+/// BinaryCache, routing every path to its Service. The Gateways themselves belong to the
+/// platform team; their listeners must allow routes from this namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The Gateways (or listeners of them) the route attaches to.
+    #[schemars(length(min = 1, max = 32))]
+    pub parent_refs: Vec<GatewayParentRef>,
+    /// Hostnames the route answers for (`*.example.org` wildcards allowed); empty: every
+    /// hostname the listener accepts. The first one without a wildcard is the endpoint when
+    /// there is no Ingress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(regex(pattern = GATEWAY_HOSTNAME_PATTERN), length(min = 1, max = 253))
+    )]
+    pub hostnames: Vec<String>,
+    /// The listener terminates TLS, so the endpoint is `https://` (default `true`).
+    #[serde(default = "yes")]
+    pub tls: bool,
+    /// Route timeouts; unset ones get defaults long enough for large uploads.
+    #[serde(default)]
+    pub timeouts: GatewayTimeouts,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A Gateway the route attaches to (Gateway API's `ParentReference` for kind Gateway).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    /// Name of the Gateway.
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    /// Its namespace; the BinaryCache's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// One listener of the Gateway, by name; all of them when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub section_name: Option<String>,
+}
+
+/// `HTTPRoute` rule timeouts in Gateway API's duration format (`3600s`, `1h`, `90m`, `0s`
+/// for none). Envoy-based Gateways cut a request after 15 s unless the route says otherwise,
+/// which no NAR upload survives.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = backend_within_request)]
+pub struct GatewayTimeouts {
+    /// The whole exchange, client's first byte to response's last (default: the
+    /// backendRequest timeout when only that is set, else `3600s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GATEWAY_DURATION_PATTERN))]
+    pub request: Option<String>,
+    /// One attempt from the Gateway to garretd (default: the request timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GATEWAY_DURATION_PATTERN))]
+    pub backend_request: Option<String>,
+}
+
+/// The rule Gateway API's own CRD enforces on the rendered route, at the BinaryCache already.
+fn backend_within_request(schema: &mut schemars::Schema) {
+    add_rule(
+        schema,
+        "!(has(self.request) && has(self.backendRequest) && duration(self.request) != duration('0s') && duration(self.backendRequest) > duration(self.request))",
+        "timeouts.backendRequest must not be longer than timeouts.request",
+    );
 }
 
 /// Container resources as quantity strings.

@@ -66,6 +66,14 @@ pub const CACHE_PATTERN_PATTERN: &str = r"^[A-Za-z0-9*][A-Za-z0-9_+*-]{0,49}$";
 /// A DNS-1123 subdomain: what Kubernetes accepts as a Secret or BinaryCache name.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A DNS-1123 label: what Kubernetes accepts as a namespace name.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Gateway API's `Hostname`: a lower-case DNS name, optionally with one leading `*.`
+/// wildcard label, no port.
+pub const GATEWAY_HOSTNAME_PATTERN: &str =
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Gateway API's `Duration` (GEP-2257): one to four `<1-5 digits><h|m|s|ms>` terms.
+pub const GATEWAY_DURATION_PATTERN: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
 /// An `http://` or `https://` URL with a host and no whitespace (`spec.apiEndpoint`).
 pub const URL_PATTERN: &str = r"^https?://[^/\s]\S*$";
 /// One non-empty token without whitespace (images, hosts).
