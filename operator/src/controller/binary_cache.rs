@@ -183,24 +183,27 @@ async fn apply_children(
 
 /// The HTTPRoute when `spec.gateway` asks for one, else an owned one is deleted. Applied
 /// last, so a cluster without the Gateway API CRDs still gets every other child: the API
-/// server then answers 404 for the kind itself, which is a wait ([`Error::Dependency`]: in
-/// status, retried on its short schedule, picked up once the CRDs are installed), not a
-/// failure with back-off. With no route wanted, a missing kind leaves nothing to delete.
+/// server then answers a bare 404 for the kind itself (not a `NotFound` Status, so `get_opt`
+/// does not read it as absent). With a route wanted that is a wait ([`Error::Dependency`]:
+/// in status, retried on its short schedule, picked up once the CRDs are installed), not a
+/// failure with back-off; with none wanted there is nothing to delete.
 async fn apply_http_route(
     bc: &BinaryCache,
     ctx: &Context,
     v: &Validated,
     route: Option<&HTTPRoute>,
 ) -> Result<()> {
+    let not_found =
+        |e: &Error| matches!(e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404);
     let routes: Api<HTTPRoute> = ctx.api(&v.namespace);
     let Some(route) = route else {
-        return delete_if_owned(&routes, &v.names().workload(), bc.uid().as_deref()).await;
+        return match delete_if_owned(&routes, &v.names().workload(), bc.uid().as_deref()).await {
+            Err(e) if not_found(&e) => Ok(()),
+            other => other,
+        };
     };
     match apply(&routes, route).await {
-        Err(Error::Kube {
-            source: kube::Error::Api(s),
-            ..
-        }) if s.code == 404 => Err(Error::Dependency(format!(
+        Err(e) if not_found(&e) => Err(Error::Dependency(format!(
             "spec.gateway needs the Gateway API: the API server serves no HTTPRoute \
              ({GATEWAY_GROUP}/v1); install the Gateway API CRDs (standard channel) \
              or remove spec.gateway"
