@@ -62,6 +62,7 @@ fn start_operator(client: Client, ns: &str) -> Operator {
         // is the same.
         rsa_bits: 2048,
         resync: Duration::from_secs(300),
+        ..Settings::default()
     };
     Operator(tokio::spawn(controller::run(client, settings)))
 }

@@ -43,6 +43,7 @@ async fn operator_in_namespace(prefix: &str) -> (Client, String, tokio::task::Jo
         namespace: Some(ns.clone()),
         rsa_bits: 2048,
         resync: Duration::from_secs(300),
+        ..Settings::default()
     };
     let op = tokio::spawn(controller::run(client.clone(), settings));
     (client, ns, op)

@@ -40,6 +40,14 @@ struct Cli {
     )]
     metrics_addr: std::net::SocketAddr,
 
+    /// Where to reach each BinaryCache's garretd to check that its declared caches are
+    /// served (status.caches[].served, the Ready condition): a URL template in which {name}
+    /// (the BinaryCache) and {namespace} are replaced, e.g. `http://127.0.0.1:8080` for an
+    /// operator run outside the cluster with a port-forward. Unset: the BinaryCache's
+    /// Service (its ClusterIP, port 80).
+    #[arg(long, env = "GARRET_OPERATOR_GARRETD_URL", value_name = "URL")]
+    garretd_url: Option<String>,
+
     /// Log format on stderr.
     #[arg(long, env = "GARRET_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -88,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: cli.namespace.filter(|s| !s.is_empty()),
         rsa_bits: usize::from(cli.rsa_bits),
         resync: cli.resync,
+        garretd_url: cli.garretd_url.filter(|s| !s.is_empty()),
     };
     let metrics_addr = cli.metrics_addr;
     tokio::spawn(async move {

@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 
 use super::{
     apply, children_only, create_if_absent, delete_if_owned, delete_if_present, drain,
-    error_policy, get_opt, now, patch_status, scoped_api, Context, Settings,
+    error_policy, get_opt, now, patch_status, probe, scoped_api, Context, Settings,
 };
 use crate::condition::Wanted;
 use crate::desired::gateway::{HTTPRoute, GATEWAY_GROUP};
@@ -94,17 +94,70 @@ async fn pipeline(bc: &BinaryCache, ctx: &Context) -> Result<Action> {
     let observed = observe(&v, ctx).await?;
     let children = desired::desired(&v, &observed);
     let deployment = apply_children(bc, ctx, &v, &children).await?;
-    let wanted = status::readiness(v.spec.replicas, &deployment);
+    let answers = ask_garretd(ctx, &v, &children.caches, &deployment).await?;
+    let (served, waiting) = status::tally(&children.caches, &answers);
+    let wanted = status::serving(status::readiness(v.spec.replicas, &deployment), &waiting);
     let applied = status::Applied {
         endpoint: &children.endpoint,
         caches: &children.caches,
+        served: &served,
         replicas: status::Replicas::of(&deployment),
     };
     write_status(bc, ctx, &wanted, Some(applied)).await?;
     if let Some(ev) = status::readiness_event(bc, &wanted) {
         ctx.event(bc, &ev).await;
     }
+    // garretd applies declared state on its own schedule and nothing in the cluster changes
+    // when it has: look again soon. Without an available pod the Deployment's watch wakes us.
+    let asked = answers.iter().any(|a| *a != status::Answer::NotAsked);
+    if asked && !waiting.is_empty() {
+        tracing::info!(object = %key_of(bc), waiting = ?waiting, "declared caches not served yet");
+        return Ok(Action::requeue(SERVED_RETRY));
+    }
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// How soon to ask garretd again while a declared cache is not served.
+const SERVED_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// garretd's answer for each declared cache (see `probe`), or [`status::Answer::NotAsked`]
+/// for all when no replica is available to answer.
+async fn ask_garretd(
+    ctx: &Context,
+    v: &Validated,
+    caches: &[crate::types::CacheStatus],
+    deployment: &Deployment,
+) -> Result<Vec<status::Answer>> {
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    if caches.is_empty() || available < 1 {
+        return Ok(vec![status::Answer::NotAsked; caches.len()]);
+    }
+    let names = v.names();
+    let secrets: Api<Secret> = ctx.api(&v.namespace);
+    let key_secret = get_opt(&secrets, &names.token_key())
+        .await?
+        .ok_or_else(|| Error::Dependency(format!("Secret {} not found", names.token_key())))?;
+    let key = secrets::signing_key(&key_secret)?;
+    let cache_names: Vec<String> = caches.iter().map(|c| c.name.clone()).collect();
+    let token = probe::token(&key, &cache_names, garret_core::clock::unix_now())?;
+    let template = ctx.settings.garretd_url.as_deref();
+    let cluster_ip = match template {
+        Some(_) => None,
+        None => get_opt(&ctx.api::<Service>(&v.namespace), &names.workload())
+            .await?
+            .and_then(|s| s.spec?.cluster_ip),
+    };
+    let base = probe::base_url(
+        template,
+        &names.workload(),
+        &v.namespace,
+        cluster_ip.as_deref(),
+    );
+    Ok(probe::probe(&base, &token, &cache_names).await)
 }
 
 /// Read the key Secrets and generate the keys that are missing (see `desired`'s module

@@ -5,6 +5,7 @@
 
 pub mod binary_cache;
 pub mod cache_token;
+pub mod probe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,9 @@ pub struct Settings {
     pub rsa_bits: usize,
     /// Re-check everything this often even without changes, to undo drift.
     pub resync: Duration,
+    /// Where to reach each BinaryCache's garretd to check what it serves: a URL template
+    /// with `{name}` and `{namespace}` (see `probe::base_url`); `None`: its Service.
+    pub garretd_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -40,6 +44,7 @@ impl Default for Settings {
             namespace: None,
             rsa_bits: 4096,
             resync: Duration::from_secs(300),
+            garretd_url: None,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! What a BinaryCache's status says, as pure functions: the kstatus conditions (`Ready`,
 //! `Reconciling`, `Stalled`) from the applied Deployment (or from the failure), merged the
 //! Kubernetes way (see `condition`), the replica counts, and the endpoint and per-cache
-//! substituter URL and public key [`super::desired`] implies. The controller only writes the
-//! result.
+//! substituter URL and public key [`super::desired`] implies, with whether garretd serves
+//! each cache ([`served`], from the answers the controller's probe got). The controller only
+//! writes the result.
 //!
 //! kstatus (Flux, Helm 4 `--wait`, `kubectl wait`-style tools) reads `observedGeneration`,
 //! `Reconciling` and `Stalled`; Argo CD reads them through the `health.lua` shipped in
@@ -11,9 +12,11 @@
 //!
 //! | situation | Ready | Reconciling | Stalled | kstatus | Argo CD |
 //! |---|---|---|---|---|---|
-//! | all replicas available | True | False | False | Current | Healthy |
-//! | rolling out, waiting for pods, retrying a failure | False | True | False | InProgress | Progressing |
+//! | all replicas available, every declared cache served | True | False | False | Current | Healthy |
+//! | rolling out, waiting for pods or for a cache to be served, retrying a failure | False | True | False | InProgress | Progressing |
 //! | invalid spec, rollout past its progress deadline | False | False | True | Failed | Degraded |
+
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -96,11 +99,83 @@ impl Replicas {
     }
 }
 
+/// What garretd answered to `GET /_api/v1/cache-config/<cache>` with the operator's token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Not asked: no garretd replica is available to answer.
+    NotAsked,
+    /// An HTTP answer; `public_key` from the body of a 200.
+    Http {
+        status: u16,
+        public_key: Option<String>,
+    },
+    /// No HTTP answer (connection refused, timeout, bad URL): why.
+    Unreachable(String),
+}
+
+/// Whether `answer` shows garretd serving `cache` with the key the operator generated:
+/// `Ok(())`, or why not. A cache answered with another key (an older row, the declared key
+/// file not applied yet) is not served: clients would reject its signatures.
+pub fn served(cache: &CacheStatus, answer: &Answer) -> Result<(), String> {
+    match answer {
+        Answer::NotAsked => Err("no garretd replica available".into()),
+        Answer::Unreachable(why) => Err(format!("garretd unreachable: {why}")),
+        Answer::Http {
+            status: 200,
+            public_key: Some(key),
+        } if *key == cache.public_key => Ok(()),
+        Answer::Http {
+            status: 200,
+            public_key: Some(key),
+        } => Err(format!("served with another public key ({key})")),
+        Answer::Http { status: 200, .. } => Err("answer without a public key".into()),
+        Answer::Http { status, .. } => Err(format!("HTTP {status}")),
+    }
+}
+
+/// The declared caches served, and those waiting with why, from one answer per cache (in
+/// the order of `caches`; a missing answer counts as [`Answer::NotAsked`]).
+pub fn tally(
+    caches: &[CacheStatus],
+    answers: &[Answer],
+) -> (BTreeSet<String>, Vec<(String, String)>) {
+    let mut served_names = BTreeSet::new();
+    let mut waiting = Vec::new();
+    for (i, c) in caches.iter().enumerate() {
+        match served(c, answers.get(i).unwrap_or(&Answer::NotAsked)) {
+            Ok(()) => drop(served_names.insert(c.name.clone())),
+            Err(why) => waiting.push((c.name.clone(), why)),
+        }
+    }
+    (served_names, waiting)
+}
+
+/// The conditions once garretd's answers are in: `readiness` as it is, unless it says Ready
+/// while some declared caches (`waiting`: name and why) are not served — then Reconciling,
+/// naming them, until they are.
+pub fn serving(readiness: [Wanted; 3], waiting: &[(String, String)]) -> [Wanted; 3] {
+    if !readiness[0].status || waiting.is_empty() {
+        return readiness;
+    }
+    let list: Vec<String> = waiting
+        .iter()
+        .map(|(name, why)| format!("{name} ({why})"))
+        .collect();
+    let msg = format!(
+        "{}; waiting for garretd to serve {}",
+        readiness[0].message,
+        list.join(", ")
+    );
+    conditions((false, true, false), "CachesNotServed", &msg)
+}
+
 /// What a successful apply tells status.
 #[derive(Clone, Copy, Debug)]
 pub struct Applied<'a> {
     pub endpoint: &'a str,
     pub caches: &'a [CacheStatus],
+    /// Names of the declared caches garretd serves (see [`served`]).
+    pub served: &'a BTreeSet<String>,
     pub replicas: Replicas,
 }
 
@@ -134,6 +209,7 @@ pub fn status(
                 name: c.name.clone(),
                 substituter: substituter(a.endpoint, &c.name),
                 public_key: c.public_key.clone(),
+                served: a.served.contains(&c.name),
             })
             .collect();
         status.replicas = Some(a.replicas.desired);
@@ -180,12 +256,108 @@ mod tests {
         (w[0].status, w[1].status, w[2].status)
     }
 
-    fn applied<'a>(keys: &'a [CacheStatus], d: &Deployment) -> Applied<'a> {
+    fn applied<'a>(
+        keys: &'a [CacheStatus],
+        served: &'a BTreeSet<String>,
+        d: &Deployment,
+    ) -> Applied<'a> {
         Applied {
             endpoint: "http://e/",
             caches: keys,
+            served,
             replicas: Replicas::of(d),
         }
+    }
+
+    fn team() -> CacheStatus {
+        CacheStatus {
+            name: "team".into(),
+            public_key: "team:k".into(),
+        }
+    }
+
+    fn ok(key: &str) -> Answer {
+        Answer::Http {
+            status: 200,
+            public_key: Some(key.into()),
+        }
+    }
+
+    #[test]
+    fn served_only_with_a_200_and_the_generated_key() {
+        let c = team();
+        assert_eq!(served(&c, &ok("team:k")), Ok(()));
+        let other = served(&c, &ok("team:old")).expect_err("another key");
+        assert!(other.contains("team:old"), "{other}");
+        let missing = Answer::Http {
+            status: 404,
+            public_key: None,
+        };
+        assert_eq!(served(&c, &missing), Err("HTTP 404".into()));
+        let denied = Answer::Http {
+            status: 401,
+            public_key: Some("team:k".into()),
+        };
+        assert!(
+            served(&c, &denied).is_err(),
+            "a key in a non-200 body counts for nothing"
+        );
+        let no_key = Answer::Http {
+            status: 200,
+            public_key: None,
+        };
+        assert!(served(&c, &no_key).is_err());
+        let down =
+            served(&c, &Answer::Unreachable("connection refused".into())).expect_err("unreachable");
+        assert!(down.contains("connection refused"), "{down}");
+        assert!(served(&c, &Answer::NotAsked).is_err());
+    }
+
+    #[test]
+    fn tally_pairs_answers_with_caches_in_order() {
+        let ci = CacheStatus {
+            name: "ci".into(),
+            public_key: "ci:k".into(),
+        };
+        let (served, waiting) = tally(&[team(), ci], &[ok("team:k")]);
+        assert_eq!(served, BTreeSet::from(["team".to_string()]));
+        assert_eq!(
+            waiting,
+            [("ci".to_string(), "no garretd replica available".to_string())]
+        );
+    }
+
+    #[test]
+    fn ready_waits_for_every_declared_cache() {
+        let available = readiness(1, &deployment(1, 1, 1));
+        assert_eq!(
+            states(&serving(available.clone(), &[])),
+            (true, false, false)
+        );
+        let waiting = vec![
+            ("team".to_string(), "HTTP 404".to_string()),
+            (
+                "ci".to_string(),
+                "garretd unreachable: timed out".to_string(),
+            ),
+        ];
+        let w = serving(available, &waiting);
+        assert_eq!(
+            states(&w),
+            (false, true, false),
+            "Reconciling while waiting"
+        );
+        assert_eq!(w[0].reason, "CachesNotServed");
+        assert_eq!(
+            w[0].message,
+            "1/1 replicas available; waiting for garretd to serve team (HTTP 404), \
+             ci (garretd unreachable: timed out)"
+        );
+        // A rollout or a stall keeps its own reason.
+        let rolling = readiness(1, &deployment(1, 0, 0));
+        assert_eq!(serving(rolling.clone(), &waiting), rolling);
+        let stalled = invalid("x");
+        assert_eq!(serving(stalled.clone(), &waiting), stalled);
     }
 
     #[test]
@@ -243,22 +415,40 @@ mod tests {
     #[test]
     fn applied_status_has_replicas_and_nix_conf_values() {
         let bc = binary_cache(MINIMAL);
-        let keys = [CacheStatus {
-            name: "team".into(),
-            public_key: "team:k".into(),
-        }];
+        let keys = [
+            team(),
+            CacheStatus {
+                name: "ci".into(),
+                public_key: "ci:k".into(),
+            },
+        ];
+        let served = BTreeSet::from(["team".to_string()]);
         let d = deployment(1, 1, 1);
-        let s = status(&bc, &readiness(1, &d), Some(applied(&keys, &d)), &t(1));
+        let s = status(
+            &bc,
+            &readiness(1, &d),
+            Some(applied(&keys, &served, &d)),
+            &t(1),
+        );
         assert_eq!(s.observed_generation, bc.metadata.generation);
         assert_eq!((s.replicas, s.ready_replicas), (Some(1), Some(1)));
         assert_eq!(s.replica_status.as_deref(), Some("1/1"));
         assert_eq!(
             s.caches,
-            [CacheEndpoint {
-                name: "team".into(),
-                substituter: "http://e/team".into(),
-                public_key: "team:k".into(),
-            }]
+            [
+                CacheEndpoint {
+                    name: "team".into(),
+                    substituter: "http://e/team".into(),
+                    public_key: "team:k".into(),
+                    served: true,
+                },
+                CacheEndpoint {
+                    name: "ci".into(),
+                    substituter: "http://e/ci".into(),
+                    public_key: "ci:k".into(),
+                    served: false,
+                }
+            ]
         );
         let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Ready", "Reconciling", "Stalled"]);
@@ -304,7 +494,7 @@ mod tests {
         bc.status = Some(status(
             &bc,
             &readiness(1, &d),
-            Some(applied(&keys, &d)),
+            Some(applied(&keys, &BTreeSet::new(), &d)),
             &t(1),
         ));
         let invalid = status(&bc, &invalid("replicas: bad"), None, &t(2));

@@ -323,7 +323,8 @@ pub struct BinaryCacheStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` (all replicas available), `Reconciling` (a rollout or a retry is under way),
+    /// `Ready` (all replicas available and every declared cache served), `Reconciling` (a
+    /// rollout or a retry is under way, or a declared cache is not served yet),
     /// `Stalled` (an invalid spec or a failed rollout: needs a change).
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
@@ -340,7 +341,8 @@ pub struct BinaryCacheStatus {
     /// Base URL clients use (the Ingress host, else the in-cluster Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Per declared cache, what nix.conf needs: its substituter URL and public key.
+    /// Per declared cache, what nix.conf needs: its substituter URL and public key, and
+    /// whether garretd serves it yet (`served`).
     #[serde(default)]
     pub caches: Vec<CacheEndpoint>,
 }
@@ -365,4 +367,8 @@ pub struct CacheEndpoint {
     pub substituter: String,
     /// `name:base64`, for `trusted-public-keys`.
     pub public_key: String,
+    /// garretd answers for this cache with this public key (asked through its API with a
+    /// token the operator signs): until then the substituter URL and key are not usable.
+    #[serde(default)]
+    pub served: bool,
 }
