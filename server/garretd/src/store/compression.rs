@@ -33,11 +33,14 @@ impl Compression {
     }
 
     /// Appends `data` compressed as one independent frame to `out` (how chunks are packed
-    /// back to back); returns the frame's length.
+    /// back to back); returns the frame's length. A chunk that looks incompressible is not
+    /// handed to zstd at all but stored as a frame of raw blocks (see [`raw_frame_into`]):
+    /// still zstd, so Nix and the download path read it like any other chunk.
     pub fn compress_into(self, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
         let before = out.len();
         match self {
             Compression::None => out.extend_from_slice(data),
+            Compression::Zstd { .. } if looks_incompressible(data) => raw_frame_into(data, out),
             Compression::Zstd { level } => COMPRESSOR.with(|cell| {
                 let mut slot = cell.borrow_mut();
                 if slot.as_ref().is_none_or(|(l, _)| *l != level) {
@@ -81,6 +84,94 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// Largest block a zstd frame may hold (RFC 8878, `Block_Maximum_Size`).
+const ZSTD_MAX_BLOCK: usize = 128 << 10;
+
+/// Appends `data` as one zstd frame made of raw (stored) blocks: the frame header states
+/// the content size (single segment, no checksum), then each block is a 3-byte header and
+/// the bytes as they are. Costs one copy and 9 + 3 per 128 KiB bytes; any zstd decoder
+/// reads it, and reading it is a copy too.
+pub fn raw_frame_into(data: &[u8], out: &mut Vec<u8>) {
+    let blocks = data.len().div_ceil(ZSTD_MAX_BLOCK).max(1);
+    out.reserve(13 + 3 * blocks + data.len());
+    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    match u32::try_from(data.len()) {
+        // Frame_Content_Size_flag 2 (4 bytes) | Single_Segment_flag
+        Ok(n) => {
+            out.push(0b1010_0000);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        // Frame_Content_Size_flag 3 (8 bytes) | Single_Segment_flag
+        Err(_) => {
+            out.push(0b1110_0000);
+            out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        }
+    }
+    let mut rest = data;
+    loop {
+        let n = rest.len().min(ZSTD_MAX_BLOCK);
+        let last = n == rest.len();
+        // Block_Size << 3 | Block_Type 0 (raw) << 1 | Last_Block
+        let header = ((n as u32) << 3) | u32::from(last);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        if last {
+            break;
+        }
+    }
+}
+
+/// Bytes sampled per chunk by [`looks_incompressible`]: 32 windows of 128 bytes, spread
+/// over the whole chunk.
+const SAMPLE_WINDOWS: usize = 32;
+const SAMPLE_WINDOW: usize = 128;
+
+/// Whether zstd would save (next to) nothing on `data`, judged from a 4 KiB sample: both
+/// the byte distribution and the distribution of differences between neighbouring bytes
+/// must be close to uniform (compressed, encrypted or random data). The second test keeps
+/// counters, ramps and tables (uniform bytes, very regular steps) on the zstd path.
+/// Long-range repeats of random data inside one chunk are missed; those chunks are stored
+/// raw, at most a few per cent larger than zstd would make them.
+/// About 1/16 of the bytes are looked at, so it costs a few per cent of one zstd pass.
+pub fn looks_incompressible(data: &[u8]) -> bool {
+    // Too short to judge, and the frame overhead matters there: let zstd decide.
+    if data.len() < SAMPLE_WINDOWS * SAMPLE_WINDOW * 2 {
+        return false;
+    }
+    let mut bytes = [0u32; 256];
+    let mut deltas = [0u32; 256];
+    let stride = (data.len() - SAMPLE_WINDOW) / (SAMPLE_WINDOWS - 1);
+    for w in 0..SAMPLE_WINDOWS {
+        let window = &data[w * stride..w * stride + SAMPLE_WINDOW];
+        let mut prev = window[0];
+        for &b in window {
+            bytes[b as usize] += 1;
+            deltas[b.wrapping_sub(prev) as usize] += 1;
+            prev = b;
+        }
+    }
+    let n = (SAMPLE_WINDOWS * SAMPLE_WINDOW) as f64;
+    entropy_bits(&bytes, n) >= INCOMPRESSIBLE_BITS
+        && entropy_bits(&deltas, n) >= INCOMPRESSIBLE_BITS
+}
+
+/// Order-0 entropy of a 4,096-byte sample of uniform random bytes is about 7.955 bits (the
+/// estimate is biased low by ~255/(2·n·ln 2)); zstd's Huffman literals save under 1.5 %
+/// above this threshold.
+const INCOMPRESSIBLE_BITS: f64 = 7.88;
+
+/// Shannon entropy in bits per symbol of a histogram with `n` samples.
+fn entropy_bits(hist: &[u32; 256], n: f64) -> f64 {
+    hist.iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
 /// zstd level used when the config names none. Attic uses 8; level 3 is zstd's own default
 /// and several times faster on the upload path for a few percent more bytes.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
@@ -114,5 +205,107 @@ mod tests {
             assert_eq!(decode(first), b"first chunk");
             assert_eq!(decode(second), vec![7u8; 5000]);
         }
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn raw_frames_decode_whatever_the_length() {
+        let data = noise(3 * ZSTD_MAX_BLOCK + 5, 7);
+        for len in [
+            1,
+            2,
+            1000,
+            ZSTD_MAX_BLOCK - 1,
+            ZSTD_MAX_BLOCK,
+            ZSTD_MAX_BLOCK + 1,
+            data.len(),
+        ] {
+            let mut frame = b"before".to_vec();
+            raw_frame_into(&data[..len], &mut frame);
+            let frame = &frame[6..];
+            assert_eq!(
+                frame.len(),
+                9 + 3 * len.div_ceil(ZSTD_MAX_BLOCK) + len,
+                "length {len}"
+            );
+            assert_eq!(
+                zstd::decode_all(frame).unwrap(),
+                &data[..len],
+                "length {len}"
+            );
+            // The frame states its content size, as zstd's own frames do.
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(frame).ok(),
+                Some(Some(len as u64)),
+                "length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_bytes_are_stored_raw_and_structure_is_compressed() {
+        let c = Compression::Zstd { level: 3 };
+        let random = noise(64 << 10, 1);
+        let mut out = Vec::new();
+        let n = c.compress_into(&random, &mut out).unwrap();
+        assert_eq!(
+            n,
+            random.len() + 9 + 3,
+            "random bytes become one raw block frame"
+        );
+        assert!(looks_incompressible(&random));
+
+        let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 << 10)
+            .collect();
+        // Every byte value equally often, but a ramp: the neighbour test catches it.
+        let ramp: Vec<u8> = (0..64usize << 10).map(|i| i as u8).collect();
+        // Random half, zeros half: the byte distribution is far from uniform.
+        let mut half = noise(32 << 10, 2);
+        half.resize(64 << 10, 0);
+        for (name, data) in [("text", &text), ("ramp", &ramp), ("half", &half)] {
+            assert!(!looks_incompressible(data), "{name}");
+            let mut out = Vec::new();
+            let n = c.compress_into(data, &mut out).unwrap();
+            assert!(n < data.len() * 3 / 4, "{name} was not compressed: {n}");
+            assert_eq!(zstd::decode_all(&out[..]).unwrap(), *data, "{name}");
+        }
+        // Short chunks are left to zstd.
+        assert!(!looks_incompressible(&random[..4096]));
+    }
+
+    #[test]
+    fn raw_and_compressed_frames_mix_in_one_stream() {
+        let c = Compression::Zstd { level: 3 };
+        let random = noise(200 << 10, 3);
+        let zeros = vec![0u8; 100 << 10];
+        let mut pack = Vec::new();
+        for part in [&random, &zeros, &random, &zeros] {
+            c.compress_into(part, &mut pack).unwrap();
+        }
+        assert!(pack.len() < 2 * random.len() + 4096);
+        let whole = [&random[..], &zeros, &random, &zeros].concat();
+        assert_eq!(zstd::decode_all(&pack[..]).unwrap(), whole);
+        let mut streamed = Vec::new();
+        std::io::copy(
+            &mut zstd::stream::read::Decoder::new(&pack[..]).unwrap(),
+            &mut streamed,
+        )
+        .unwrap();
+        assert_eq!(streamed, whole);
     }
 }
