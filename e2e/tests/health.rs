@@ -266,15 +266,36 @@ async fn binary_cache_and_token_read_current_only_when_ready_and_minted() {
     assert!(tok["status"]["tokenId"].is_string(), "{tok}");
 
     // The Deployment controller's accounting of one ready pod (simulated): the operator sees
-    // the Deployment change and the BinaryCache becomes Current/Healthy.
+    // the Deployment change, but no garretd answers for the cache (no kube-proxy here to
+    // reach the Service), so it stays InProgress/Progressing, saying why. (Current/Healthy
+    // once garretd serves it: tests/served.rs.)
     set_deployment_status(&client, &ns, "main", 1, json!({})).await;
-    let (obj, h) = wait_health(&caches, "main", "Current", "Healthy", true).await;
-    println!("BinaryCache, pod ready: {h:?}");
-    assert_eq!(h.argocd_message, "1/1 replicas available");
-    assert_eq!(obj["status"]["replicaStatus"], "1/1");
+    let obj = wait_for(T, "the pod counted, the cache not served", || async {
+        let obj = serde_json::to_value(caches.get("main").await?).expect("json");
+        let reasons = obj["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let waiting = reasons.iter().any(|c| c["reason"] == "CachesNotServed");
+        Ok((obj["status"]["replicaStatus"] == "1/1" && waiting).then_some(obj))
+    })
+    .await
+    .expect("not served");
+    let h = evaluate(&obj);
+    println!("BinaryCache, pod ready, cache not served: {h:?}");
+    assert_eq!(
+        (h.kstatus.as_str(), h.argocd.as_str()),
+        ("InProgress", "Progressing")
+    );
+    assert!(
+        h.argocd_message
+            .starts_with("1/1 replicas available; waiting for garretd to serve team ("),
+        "{h:?}"
+    );
     assert_eq!(obj["status"]["readyReplicas"], 1);
     let team = &obj["status"]["caches"][0];
     assert_eq!(team["substituter"], format!("http://main.{ns}.svc/team"));
+    assert_eq!(team["served"], false);
     assert!(team["publicKey"]
         .as_str()
         .is_some_and(|k| k.starts_with("team:")));
