@@ -10,6 +10,7 @@ pub mod cache_name;
 pub mod clock;
 pub mod duration;
 pub mod nix;
+pub mod pins;
 pub mod token;
 pub mod upload_session;
 pub mod wire;

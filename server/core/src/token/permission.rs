@@ -13,7 +13,7 @@ pub struct Permission {
     pub pull: bool,
     /// `w`: upload paths and ask which are missing.
     pub push: bool,
-    /// `d`: delete objects (reserved; no endpoint uses it yet).
+    /// `d`: delete store paths from the cache and release pins (Garret; Attic reserves it).
     pub delete: bool,
     /// `cc`: create the cache.
     pub create_cache: bool,
