@@ -14,12 +14,16 @@ impl Database {
             .collect()
     }
 
-    /// Deletes objects neither created nor accessed since `cutoff`.
+    /// Deletes objects neither created nor accessed since `cutoff` and held by no pin
+    /// (`gc::is_expired`).
     pub async fn expire_objects(&self, cache_id: i64, cutoff: i64) -> DbResult<u64> {
         let _w = self.write_gate().await;
         let res = sqlx::query(
             "DELETE FROM objects WHERE cache_id = $1 AND created_at < $2
-             AND (last_accessed_at IS NULL OR last_accessed_at < $2)",
+             AND (last_accessed_at IS NULL OR last_accessed_at < $2)
+             AND NOT EXISTS (SELECT 1 FROM pin_paths pp JOIN pins p ON p.id = pp.pin_id
+                             WHERE p.cache_id = objects.cache_id
+                               AND pp.store_path_hash = objects.store_path_hash)",
         )
         .bind(cache_id)
         .bind(cutoff)

@@ -1,6 +1,7 @@
 //! Garbage collection. Each phase is idempotent and leaves a consistent state on its own,
 //! so a crashed or interrupted run is finished by the next one:
-//! 1. expire objects past their cache's retention;
+//! 1. expire objects past their cache's retention, except those in the closure of a pin
+//!    (`pin_paths`: resolved when the pin is made, so this phase stays one statement);
 //! 2. drop NARs no object references (chunk references cascade);
 //! 3. mark unreferenced chunks `D` (deleting), delete the packs no live chunk shares any
 //!    more, then forget the rows. In a pack that still holds live chunks the dead ones
@@ -20,7 +21,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-pub use policy::{is_expired, is_orphan_due, orphan_cutoff, retention_cutoff};
+pub use policy::{
+    is_expired, is_orphan_due, orphan_cutoff, released_versions, retention_cutoff, ClosureWalk,
+};
 
 use crate::backend::DynStorage;
 use crate::db::Database;
