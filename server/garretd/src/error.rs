@@ -27,6 +27,12 @@ pub enum ServerError {
     NoSuchObject,
     #[error("A cache with the same name already exists.")]
     CacheAlreadyExists,
+    /// Garret addition: a pin name the cache does not have.
+    #[error("The requested pin does not exist.")]
+    NoSuchPin,
+    /// Garret addition: deleting a path that pins hold (named in the message).
+    #[error("The path is pinned by {0}; delete those pins first.")]
+    PathPinned(String),
     #[error("General request error: {0}")]
     RequestError(String),
     #[error("The request body is too large: {0}")]
@@ -57,7 +63,10 @@ impl ServerError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound | Self::NoSuchCache | Self::NoSuchObject => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NoSuchCache | Self::NoSuchObject | Self::NoSuchPin => {
+                StatusCode::NOT_FOUND
+            }
+            Self::PathPinned(_) => StatusCode::CONFLICT,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::AccessError => StatusCode::FORBIDDEN,
             Self::CacheAlreadyExists | Self::RequestError(_) => StatusCode::BAD_REQUEST,
@@ -76,6 +85,8 @@ impl ServerError {
             Self::NoSuchCache => "NoSuchCache",
             Self::NoSuchObject => "NoSuchObject",
             Self::CacheAlreadyExists => "CacheAlreadyExists",
+            Self::NoSuchPin => "NoSuchPin",
+            Self::PathPinned(_) => "PathPinned",
             Self::RequestError(_) => "RequestError",
             Self::PayloadTooLarge(_) => "PayloadTooLarge",
             Self::IncompleteNar => "IncompleteNar",

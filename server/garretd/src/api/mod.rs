@@ -3,12 +3,14 @@
 
 pub mod auth;
 mod cache_config;
+mod delete_path;
 mod endpoint;
 mod extract;
 mod health;
 mod home;
 mod nix_read;
 mod nix_upload;
+mod pins;
 pub mod state;
 mod upload;
 mod upload_session;
@@ -17,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use nix_read::render_narinfo;
@@ -60,6 +62,18 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/_api/v1/upload-session/{id}/commit",
             post(upload_session::commit),
+        )
+        .route(
+            "/_api/v1/cache/{cache}/pins",
+            get(pins::list_pins).post(pins::create_pin),
+        )
+        .route(
+            "/_api/v1/cache/{cache}/pins/{name}",
+            delete(pins::delete_pin),
+        )
+        .route(
+            "/_api/v1/cache/{cache}/path/{hash}",
+            delete(delete_path::delete_path),
         )
         .route(
             "/{cache}/nix-cache-info",
