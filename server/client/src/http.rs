@@ -200,7 +200,7 @@ impl ApiClient {
         })
     }
 
-    fn request(&self, method: Method, path: &str) -> Result<reqwest::RequestBuilder> {
+    pub(crate) fn request(&self, method: Method, path: &str) -> Result<reqwest::RequestBuilder> {
         let url = self
             .endpoint
             .join(path)
@@ -241,7 +241,10 @@ impl ApiClient {
         anyhow::Error::new(e).context(format!("cannot reach {}", self.endpoint))
     }
 
-    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
         let resp = self.send(req).await?;
         let bytes = resp.bytes().await.context("reading the response")?;
         serde_json::from_slice(&bytes).context("the server's answer is not the expected JSON")

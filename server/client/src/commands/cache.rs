@@ -20,6 +20,8 @@ pub enum CacheCommand {
     Info(InfoArgs),
     /// Destroy a cache and everything pushed to it.
     Destroy(DestroyArgs),
+    /// Delete one store path from a cache (not its references).
+    DeletePath(crate::commands::delete_path::Args),
 }
 
 #[derive(clap::Args)]
@@ -92,6 +94,7 @@ pub async fn run(c: CacheCommand) -> Result<()> {
         CacheCommand::Configure(a) => configure(a).await,
         CacheCommand::Info(a) => info(a).await,
         CacheCommand::Destroy(a) => destroy(a).await,
+        CacheCommand::DeletePath(a) => crate::commands::delete_path::run(a).await,
     }
 }
 

@@ -8,7 +8,9 @@ use crate::config::{Config, Server};
 use crate::http::ApiClient;
 
 pub mod cache;
+pub mod delete_path;
 pub mod login;
+pub mod pin;
 pub mod push;
 pub mod use_cache;
 pub mod watch_store;
@@ -37,6 +39,9 @@ pub enum Command {
     Cache(cache::CacheCommand),
     Use(use_cache::Args),
     Push(push::Args),
+    /// Keep a path and its closure in a cache despite retention and GC.
+    #[command(subcommand)]
+    Pin(pin::PinCommand),
     WatchStore(watch_store::Args),
 }
 
@@ -47,6 +52,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Cache(c) => cache::run(c).await,
         Command::Use(a) => use_cache::run(a).await,
         Command::Push(a) => push::run(a).await,
+        Command::Pin(c) => pin::run(c).await,
         Command::WatchStore(a) => watch_store::run(a).await,
     }
 }
