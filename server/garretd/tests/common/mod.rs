@@ -2,6 +2,7 @@
 //! data directory, tokens minted by its own `make-token`, and small NAR builders.
 #![allow(dead_code)]
 
+pub mod garret_cli;
 pub mod nginx;
 pub mod nix;
 pub mod poll;
