@@ -5,12 +5,13 @@
 //!
 //! One process-wide registry, so the controllers record without carrying a handle around.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -53,7 +54,76 @@ pub struct Metrics {
     /// Each CacheToken's current token's expiry as a Unix time; `x - time()` is the time
     /// left, as cert-manager exposes certificates.
     pub token_expiry: Family<TokenLabels, Gauge>,
+    /// Objects waiting to reconcile, by kind: set from [`Metrics::queues`] on every render.
+    queue_depth: Family<KindLabel, Gauge>,
+    queues: Mutex<BTreeMap<&'static str, Queue>>,
     ready: AtomicBool,
+}
+
+/// Whether the object with this key still exists (the controller's store knows it).
+pub type Exists = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A kind's [`QueueDepth`], and how to tell that one of its objects is gone (a deleted object
+/// is dropped from the controller's queue without a reconcile).
+#[derive(Default)]
+struct Queue {
+    depth: QueueDepth,
+    /// One per controller of the kind (tests run several in one process): an object exists
+    /// when one of them knows it.
+    exists: Vec<Exists>,
+}
+
+/// What waits to reconcile, for one kind: objects a watch event woke (their own change, a
+/// child's, a related object's) whose reconcile has not started yet, plus objects whose
+/// requeue time has come and whose reconcile has not started yet. An object is counted once
+/// however often it was woken (the controller's queue also holds it once), and one woken while
+/// its reconcile runs is counted: the controller runs it again afterwards. Requeues still in
+/// the future are not waiting, and are not counted.
+#[derive(Debug, Default)]
+pub struct QueueDepth {
+    woken: HashSet<String>,
+    due: HashMap<String, Instant>,
+}
+
+impl QueueDepth {
+    /// A watch event woke `key`.
+    pub fn woken(&mut self, key: &str) {
+        if !self.woken.contains(key) {
+            self.woken.insert(key.to_string());
+        }
+    }
+
+    /// The reconcile of `key` starts: it no longer waits.
+    pub fn started(&mut self, key: &str) {
+        self.woken.remove(key);
+        self.due.remove(key);
+    }
+
+    /// `key` asked to be reconciled again at `at` (its next renewal, a retry).
+    pub fn requeued(&mut self, key: &str, at: Instant) {
+        self.due.insert(key.to_string(), at);
+    }
+
+    /// `key` is gone: nothing of it waits.
+    pub fn forget(&mut self, key: &str) {
+        self.started(key);
+    }
+
+    /// Drop every object for which `exists` says no.
+    pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
+        self.woken.retain(|k| exists(k));
+        self.due.retain(|k, _| exists(k));
+    }
+
+    /// How many objects wait at `now`.
+    pub fn depth(&self, now: Instant) -> usize {
+        let due = self
+            .due
+            .iter()
+            .filter(|(k, at)| **at <= now && !self.woken.contains(*k))
+            .count();
+        self.woken.len() + due
+    }
 }
 
 impl Metrics {
@@ -87,6 +157,12 @@ impl Metrics {
             "When each CacheToken's current token expires (Unix time)",
             token_expiry.clone(),
         );
+        let queue_depth = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Objects waiting to reconcile: woken by a watch event or due for a requeue, not started yet",
+            queue_depth.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -94,12 +170,69 @@ impl Metrics {
             in_flight,
             leader,
             token_expiry,
+            queue_depth,
+            queues: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
         }
     }
 
+    /// Run `f` on the queue of `kind`.
+    fn queue<T>(&self, kind: &'static str, f: impl FnOnce(&mut QueueDepth) -> T) -> T {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut queues.entry(kind).or_default().depth)
+    }
+
+    /// One more way to tell that an object of `kind` still exists (see [`Queue`]).
+    pub fn queue_exists(&self, kind: &'static str, exists: Exists) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.entry(kind).or_default().exists.push(exists);
+    }
+
+    /// A watch event woke object `key` of `kind`.
+    pub fn woken(&self, kind: &'static str, key: &str) {
+        self.queue(kind, |q| q.woken(key));
+    }
+
+    /// Object `key` of `kind` is to be reconciled again after `delay` (ignored for a kind
+    /// whose queue is not counted).
+    pub fn requeued(&self, kind: &str, key: &str, delay: Duration) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = queues.get_mut(kind) {
+            q.depth.requeued(key, Instant::now() + delay);
+        }
+    }
+
+    /// Object `key` of `kind` was deleted.
+    pub fn forget(&self, kind: &'static str, key: &str) {
+        self.queue(kind, |q| q.forget(key));
+    }
+
+    /// Objects of `kind` waiting to reconcile now (deleted ones dropped first).
+    pub fn queue_depth(&self, kind: &str) -> usize {
+        let now = Instant::now();
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(q) = queues.get_mut(kind) else {
+            return 0;
+        };
+        if !q.exists.is_empty() {
+            let exists = &q.exists;
+            q.depth.retain(|k| exists.iter().any(|e| e(k)));
+        }
+        q.depth.depth(now)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let kinds: Vec<&'static str> = {
+            let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            queues.keys().copied().collect()
+        };
+        for kind in kinds {
+            let depth = i64::try_from(self.queue_depth(kind)).unwrap_or(i64::MAX);
+            self.queue_depth
+                .get_or_create(&KindLabel { kind })
+                .set(depth);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -136,6 +269,16 @@ impl Metrics {
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+/// [`timed`], for a kind whose wake-ups are counted in `queue_depth`: object `key` leaves the
+/// queue as its reconcile starts.
+pub async fn timed_queued<T, E, F>(kind: &'static str, key: &str, reconcile: F) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    global().queue(kind, |q| q.started(key));
+    timed(kind, reconcile).await
 }
 
 /// Run one reconcile of `kind`, counting it, its result and its duration.
@@ -256,6 +399,66 @@ mod tests {
         assert!(text.contains(r#"garret_operator_reconciles_in_flight{kind="TestKind"} 0"#));
         global().token_gone("ns", "t");
         assert!(!global().render().contains(r#"name="t""#));
+    }
+
+    #[test]
+    fn queue_depth_counts_each_waiting_object_once() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(60);
+        let mut q = QueueDepth::default();
+        assert_eq!(q.depth(t0), 0);
+        q.woken("ns/a");
+        q.woken("ns/a");
+        q.woken("ns/b");
+        assert_eq!(q.depth(t0), 2, "woken twice is waiting once");
+        q.started("ns/a");
+        assert_eq!(q.depth(t0), 1);
+        // Woken while its reconcile runs: it runs again, so it waits.
+        q.woken("ns/a");
+        assert_eq!(q.depth(t0), 2);
+        q.started("ns/a");
+        q.started("ns/b");
+        assert_eq!(q.depth(t0), 0);
+        // A requeue waits only once it is due, and once even if also woken.
+        q.requeued("ns/a", t0 + Duration::from_secs(30));
+        assert_eq!(q.depth(t0), 0);
+        assert_eq!(q.depth(later), 1);
+        q.woken("ns/a");
+        assert_eq!(q.depth(later), 1);
+        q.started("ns/a");
+        assert_eq!(q.depth(later), 0);
+        q.requeued("ns/c", t0);
+        q.forget("ns/c");
+        assert_eq!(q.depth(later), 0);
+        // Deleted objects leave the queue without a reconcile.
+        q.woken("ns/gone");
+        q.requeued("ns/gone-too", t0);
+        q.woken("ns/here");
+        q.retain(|k| k == "ns/here");
+        assert_eq!(q.depth(later), 1);
+    }
+
+    #[tokio::test]
+    async fn queue_depth_is_exported_per_kind() {
+        let m = global();
+        m.woken("QueueKind", "ns/x");
+        m.woken("QueueKind", "ns/y");
+        assert_eq!(m.queue_depth("QueueKind"), 2);
+        assert!(m
+            .render()
+            .contains(r#"garret_operator_queue_depth{kind="QueueKind"} 2"#));
+        let ok: Result<(), ()> = timed_queued("QueueKind", "ns/x", async { Ok(()) }).await;
+        assert!(ok.is_ok());
+        assert_eq!(m.queue_depth("QueueKind"), 1);
+        m.requeued("QueueKind", "ns/y", Duration::from_secs(3600));
+        m.requeued("UncountedKind", "ns/y", Duration::ZERO);
+        assert_eq!(m.queue_depth("UncountedKind"), 0);
+        let _: Result<(), ()> = timed_queued("QueueKind", "ns/y", async { Ok(()) }).await;
+        m.woken("QueueKind", "ns/deleted");
+        m.queue_exists("QueueKind", Box::new(|k: &str| k != "ns/deleted"));
+        assert!(m
+            .render()
+            .contains(r#"garret_operator_queue_depth{kind="QueueKind"} 0"#));
     }
 
     #[test]

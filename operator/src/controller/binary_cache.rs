@@ -9,12 +9,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, PartialObjectMeta, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
 
+use super::queue::{self, OwnsCounted};
 use super::{
     apply, children_only, create_if_absent, delete_if_owned, delete_if_present, drain,
     error_policy, get_opt, now, patch_status, probe, scoped_api, Context, Settings,
@@ -29,22 +29,29 @@ use crate::{Error, Result};
 /// Finalizer that applies `reclaimPolicy` to the volume and key Secrets on deletion.
 pub const FINALIZER: &str = "garret.dev/reclaim";
 
+/// The metrics label of this controller.
+const KIND: &str = "BinaryCache";
+
 /// The BinaryCache controller, watching its owned children. The Deployment is among them, so
 /// a pod becoming ready (or not) changes the Deployment's status and wakes the BinaryCache,
 /// whose status then follows.
 pub async fn controller(client: Client, settings: Settings) {
     let ns = &settings.namespace;
     let caches = scoped_api::<BinaryCache>(&client, ns);
-    let deployments = scoped_api::<Deployment>(&client, ns);
-    let config_maps = scoped_api::<ConfigMap>(&client, ns);
-    let services = scoped_api::<Service>(&client, ns);
+    let deployments = scoped_api::<PartialObjectMeta<Deployment>>(&client, ns);
+    let config_maps = scoped_api::<PartialObjectMeta<ConfigMap>>(&client, ns);
+    let services = scoped_api::<PartialObjectMeta<Service>>(&client, ns);
     let ctx = Arc::new(Context::new(client, settings));
-    let stream = Controller::new(caches, watcher::Config::default())
-        .owns(deployments, children_only())
-        .owns(config_maps, children_only())
-        .owns(services, children_only())
+    // `Controller::new` and `owns`, with each wake-up counted in the queue depth.
+    let stream = queue::counted(caches, KIND)
+        .owns_counted(deployments, children_only(), KIND)
+        .owns_counted(config_maps, children_only(), KIND)
+        .owns_counted(services, children_only(), KIND)
         .run(
-            |obj, ctx| crate::metrics::timed("BinaryCache", reconcile(obj, ctx)),
+            |obj, ctx| {
+                let key = key_of(obj.as_ref());
+                async move { crate::metrics::timed_queued(KIND, &key, reconcile(obj, ctx)).await }
+            },
             error_policy,
             ctx,
         );
@@ -112,8 +119,10 @@ async fn pipeline(bc: &BinaryCache, ctx: &Context) -> Result<Action> {
     let asked = answers.iter().any(|a| *a != status::Answer::NotAsked);
     if asked && !waiting.is_empty() {
         tracing::info!(object = %key_of(bc), waiting = ?waiting, "declared caches not served yet");
+        crate::metrics::global().requeued(KIND, &key_of(bc), SERVED_RETRY);
         return Ok(Action::requeue(SERVED_RETRY));
     }
+    crate::metrics::global().requeued(KIND, &key_of(bc), ctx.settings.resync);
     Ok(Action::requeue(ctx.settings.resync))
 }
 

@@ -4,20 +4,21 @@
 //! Deletion runs the `garret.dev/revoke` finalizer: the current token and those in their
 //! grace period go on the BinaryCache's revocation list before the object goes.
 
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use garret_core::token::{TokenKeys, Verifier};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use super::queue::{controller_of, store_has, woken};
 use super::{
     apply, children_only, create_if_absent, drain, error_policy, get_opt, now, patch_status,
     scoped_api, Context, Settings,
@@ -26,6 +27,7 @@ use crate::condition::Wanted;
 use crate::desired::meta::{key_of, owned_by};
 use crate::desired::{config::endpoint, secrets::signing_key, Names, REVOCATION_FILE};
 use crate::token::revocation::{self, Target};
+use crate::token::wake::{self, Seen};
 use crate::token::{self, renewal, Issued, Observed, Outcome};
 use crate::types::{BinaryCache, CacheStatus, CacheToken};
 use crate::{Error, Result};
@@ -36,24 +38,77 @@ pub const FINALIZER: &str = "garret.dev/revoke";
 /// Attempts at a revocation list write that lost a race with another token's write.
 const LIST_WRITE_ATTEMPTS: usize = 8;
 
-/// The CacheToken controller, watching the Secrets it writes.
+/// The metrics label of this controller.
+const KIND: &str = "CacheToken";
+
+/// How many CacheTokens reconcile at once. Unbounded, a thousand tokens applied together
+/// open as many API connections and sign as many tokens at once, and a BinaryCache applied
+/// meanwhile waits behind all of them; a few keep both cores busy (most of a reconcile is
+/// waiting for the API server).
+pub const CONCURRENCY: u16 = 8;
+
+/// The CacheToken controller. Its trigger streams are built here rather than by `Controller`
+/// so that they wake a token only for what its reconcile acts on (see `token::wake`) and so
+/// that each wake-up is counted in `garret_operator_queue_depth`.
 pub async fn controller(client: Client, settings: Settings) {
     let ns = &settings.namespace;
     let tokens = scoped_api::<CacheToken>(&client, ns);
-    let secrets = scoped_api::<Secret>(&client, ns);
+    let secrets = scoped_api::<PartialObjectMeta<Secret>>(&client, ns);
     let caches = scoped_api::<BinaryCache>(&client, ns);
     let ctx = Arc::new(Context::new(client, settings));
-    let controller = Controller::new(tokens, watcher::Config::default());
-    let store = controller.store();
-    // A BinaryCache's status changes once its signing key exists (and whenever it is
-    // re-keyed): wake the tokens that reference it instead of waiting for back-off.
-    let stream = controller
-        .owns(secrets, children_only())
-        .watches(caches, watcher::Config::default(), move |bc| {
-            tokens_referencing(&store.state(), &bc)
+    let (store, writer) = reflector::store::<CacheToken>();
+    let metrics = crate::metrics::global();
+    let known = store.clone();
+    metrics.queue_exists(KIND, Box::new(move |key: &str| store_has(&known, key)));
+
+    // The token itself: spec, finalizers and deletion, not the status this controller writes.
+    let own = watcher(tokens, watcher::Config::default())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            |ct: &CacheToken| Some(wake::token_view(ct)),
+            Default::default(),
+        )
+        .inspect(|event| {
+            if let Ok(ct) = event {
+                crate::metrics::global().woken(KIND, &key_of(ct));
+            }
+        });
+    // Its Secret (metadata only: the operator reads the Secret fresh when it reconciles).
+    let owned = watcher(secrets, children_only()).touched_objects();
+    let owners = store.clone();
+    // A BinaryCache's endpoint, keys or existence.
+    let related = watcher(caches, watcher::Config::default()).touched_objects();
+    let seen = Mutex::new(Seen::default());
+    let referencing = store.clone();
+    let stream = Controller::for_stream(own, store)
+        .with_config(Config::default().concurrency(CONCURRENCY))
+        .watches_stream(owned, move |secret| {
+            let owner =
+                controller_of::<CacheToken>(&secret.metadata).filter(|r| owners.get(r).is_some());
+            if let Some(r) = &owner {
+                woken(KIND, r);
+            }
+            owner
+        })
+        .watches_stream(related, move |bc: BinaryCache| {
+            let changed = seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .changed(&key_of(&bc), wake::binary_cache_view(&bc));
+            let refs = if changed {
+                tokens_referencing(&referencing.state(), &bc)
+            } else {
+                vec![]
+            };
+            refs.iter().for_each(|r| woken(KIND, r));
+            refs
         })
         .run(
-            |obj, ctx| crate::metrics::timed("CacheToken", reconcile(obj, ctx)),
+            |obj, ctx| {
+                let key = key_of(obj.as_ref());
+                async move { crate::metrics::timed_queued(KIND, &key, reconcile(obj, ctx)).await }
+            },
             error_policy,
             ctx,
         );
@@ -86,6 +141,7 @@ pub async fn reconcile(ct: Arc<CacheToken>, ctx: Arc<Context>) -> Result<Action>
             Finalizer::Apply(ct) => issue(&ct, &ctx).await,
             Finalizer::Cleanup(ct) => {
                 crate::metrics::global().token_gone(&ns, &ct.name_any());
+                crate::metrics::global().forget(KIND, &key_of(ct.as_ref()));
                 revoke_on_delete(&ct, &ctx).await
             }
         }
@@ -210,18 +266,36 @@ async fn write_revocations(
     Ok(written)
 }
 
-/// The signing keys of BinaryCache `name`, from its token-key Secret.
-async fn signing_keys(secrets: &Api<Secret>, bc_name: &str) -> Result<TokenKeys> {
+/// The signing keys of BinaryCache `bc_name`, from its token-key Secret: parsed (and
+/// self-tested, two RSA private-key operations) once per version of that Secret.
+async fn signing_keys(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    ns: &str,
+    bc_name: &str,
+) -> Result<TokenKeys> {
     let key_name = Names(bc_name).token_key();
     let key_secret = get_opt(secrets, &key_name).await?.ok_or_else(|| {
         Error::Dependency(format!(
             "token-signing Secret {key_name} does not exist yet"
         ))
     })?;
-    TokenKeys::new(&signing_key(&key_secret)?).map_err(|source| Error::Token {
+    let cache = format!("{ns}/{bc_name}");
+    let version = wake::secret_version(&key_secret);
+    if let Some(keys) = version
+        .as_deref()
+        .and_then(|v| ctx.signing_keys().get(&cache, v))
+    {
+        return Ok(keys);
+    }
+    let keys = TokenKeys::new(&signing_key(&key_secret)?).map_err(|source| Error::Token {
         context: format!("preparing the key in {key_name}"),
         source,
-    })
+    })?;
+    if let Some(v) = version {
+        ctx.signing_keys().put(&cache, &v, keys.clone());
+    }
+    Ok(keys)
 }
 
 /// validate → observe → decide → mint → revoke → desired → apply → status → requeue.
@@ -232,7 +306,7 @@ async fn pipeline(ct: &CacheToken, ctx: &Context) -> Result<Action> {
         .await?
         .ok_or_else(|| Error::Dependency(format!("BinaryCache {} not found", v.binary_cache)))?;
     let secrets: Api<Secret> = ctx.api(&v.namespace);
-    let keys = signing_keys(&secrets, &v.binary_cache).await?;
+    let keys = signing_keys(ctx, &secrets, &v.namespace, &v.binary_cache).await?;
     let verifier = Verifier::from_keys(keys.clone(), None, None);
     let current = get_opt(&secrets, &v.secret_name).await?;
     token::check_owner(ct, current.as_ref())?;
@@ -300,9 +374,11 @@ async fn pipeline(ct: &CacheToken, ctx: &Context) -> Result<Action> {
         garret_core::clock::unix_now(),
         ctx.settings.resync,
     );
+    crate::metrics::global().requeued(KIND, &key_of(ct), wait);
     Ok(Action::requeue(wait))
 }
 
+/// Write status unless it already reads so: a no-op write still costs a request.
 async fn write_status(
     ct: &CacheToken,
     ctx: &Context,
@@ -310,6 +386,9 @@ async fn write_status(
     issued: Option<&Issued>,
 ) -> Result<()> {
     let status = token::status(ct, wanted, issued, &now());
+    if !token::status_changed(ct.status.as_ref(), &status) {
+        return Ok(());
+    }
     let api: Api<CacheToken> = ctx.api(&ct.namespace().unwrap_or_default());
     patch_status(&api, ct, &status).await
 }

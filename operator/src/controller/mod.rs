@@ -5,6 +5,7 @@
 
 pub mod binary_cache;
 pub mod cache_token;
+pub mod queue;
 pub mod probe;
 
 use std::collections::HashMap;
@@ -55,6 +56,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
+    /// Parsed token-signing keys (CacheToken controller; see `token::wake::KeyCache`).
+    keys: Mutex<crate::token::wake::KeyCache>,
 }
 
 impl Context {
@@ -68,7 +71,13 @@ impl Context {
             client,
             settings,
             failures: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Default::default()),
         }
+    }
+
+    /// The parsed signing keys kept between reconciles.
+    pub fn signing_keys(&self) -> std::sync::MutexGuard<'_, crate::token::wake::KeyCache> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Api for `K` in the object's namespace.
@@ -132,17 +141,25 @@ pub fn wait_retry(waits: u32) -> Duration {
 /// Secret not there yet, as on every first apply) is logged at info and retried on its own
 /// short schedule ([`wait_retry`]), without counting as a failure; anything else is a warning
 /// with per-object back-off ([`backoff`]).
-pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let key = key_of(obj.as_ref());
+    let requeue = |delay| {
+        crate::metrics::global().requeued(&K::kind(&()), &key, delay);
+        Action::requeue(delay)
+    };
     if let Error::Dependency(_) = error {
         let delay = wait_retry(ctx.note_failure(format!("wait:{key}")));
         tracing::info!(object = %key, reason = %error, retry = ?delay, "waiting");
-        return Action::requeue(delay);
+        return requeue(delay);
     }
     let n = ctx.note_failure(key.clone());
     let delay = backoff(n);
     tracing::warn!(object = %key, %error, failures = n, ?delay, "reconcile failed");
-    Action::requeue(delay)
+    requeue(delay)
 }
 
 /// Now, as a Kubernetes timestamp.

@@ -16,6 +16,7 @@
 pub mod renewal;
 pub mod revocation;
 pub mod secret;
+pub mod wake;
 
 use std::time::Duration;
 
@@ -348,6 +349,12 @@ pub fn status(
             revocation::revoked_status(&status.revoked_tokens, &i.revoked, now.0.as_second());
     }
     status
+}
+
+/// Whether writing `next` would change the stored status (a reconcile that changes nothing
+/// writes nothing).
+pub fn status_changed(current: Option<&CacheTokenStatus>, next: &CacheTokenStatus) -> bool {
+    current != Some(next)
 }
 
 /// How long until the next look: until the renewal time (at least a second), at most
