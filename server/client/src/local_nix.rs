@@ -1,5 +1,6 @@
 //! What the client needs from the local Nix store, through the `nix` commands themselves (no
-//! daemon protocol): closures, path metadata, and NARs streamed from `nix store dump-path`.
+//! daemon protocol): closures, path metadata, and NARs streamed from `nix-store --serve`
+//! sessions or `nix store dump-path`.
 //! The store used is whatever Nix would use (`NIX_REMOTE`, `store =` in nix.conf).
 
 use std::path::{Component, Path, PathBuf};
@@ -131,16 +132,6 @@ async fn run(program: &str, args: &[&str], paths: &[String]) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("{program} printed non-UTF-8"))
 }
 
-/// The closure of `paths` (references only), via `nix-store -qR`.
-pub async fn closure(paths: &[String]) -> Result<Vec<String>> {
-    let mut all = std::collections::BTreeSet::new();
-    for batch in paths.chunks(ARG_BATCH) {
-        let out = run("nix-store", &["--query", "--requisites"], batch).await?;
-        all.extend(out.lines().filter(|l| !l.is_empty()).map(str::to_string));
-    }
-    Ok(all.into_iter().collect())
-}
-
 /// Metadata for every path, via `nix path-info --json`.
 pub async fn path_info(paths: &[String]) -> Result<Vec<PathInfo>> {
     let mut infos = Vec::with_capacity(paths.len());
@@ -159,6 +150,30 @@ pub async fn path_info(paths: &[String]) -> Result<Vec<PathInfo>> {
         infos.extend(parse_path_info_json(&out)?);
     }
     Ok(infos)
+}
+
+/// Metadata for the closure of `roots` from one `nix path-info --json --recursive` per
+/// batch of roots (not `nix-store -qR` then a second query): each Nix start costs tens of ms.
+pub async fn closure_info(roots: &[String]) -> Result<Vec<PathInfo>> {
+    let mut all = std::collections::BTreeMap::new();
+    for batch in roots.chunks(ARG_BATCH) {
+        let out = run(
+            "nix",
+            &[
+                "--extra-experimental-features",
+                "nix-command",
+                "path-info",
+                "--json",
+                "--recursive",
+            ],
+            batch,
+        )
+        .await?;
+        for info in parse_path_info_json(&out)? {
+            all.insert(info.path.as_str().to_string(), info);
+        }
+    }
+    Ok(all.into_values().collect())
 }
 
 /// Parses both shapes: Nix < 2.19 prints an array of objects with a `path` field, newer Nix
@@ -272,6 +287,223 @@ pub fn dump(path: &str) -> Result<impl Stream<Item = std::io::Result<Bytes>> + S
             }
         },
     ))
+}
+
+/// `nix-store --serve` speaks Nix's legacy SSH-store protocol on stdin/stdout: u64 words
+/// (little-endian) and length-prefixed strings padded to 8 bytes.
+const SERVE_MAGIC_1: u64 = 0x390c_9deb;
+const SERVE_MAGIC_2: u64 = 0x5452_eecb;
+/// The client version Nix 2.8's own legacy SSH store announces; dumping needs nothing newer.
+const SERVE_CLIENT_VERSION: u64 = 0x206;
+const SERVE_CMD_DUMP_STORE_PATH: u64 = 3;
+/// Read size for NAR pieces: large enough that a 1 MiB NAR is a few reads.
+const DUMP_READ: u64 = 256 * 1024;
+
+/// One long-lived `nix-store --serve` child that dumps NAR after NAR on request. Starting
+/// a Nix process costs ~25 ms of CPU (its own startup, opening the store database), more
+/// than uploading a 1 MiB path; a session pays it once for many paths. It reads through the
+/// configured store like `nix store dump-path` does (chroot stores, the daemon).
+pub struct DumpSession {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    /// The last few KiB of the child's stderr, drained continuously so it never blocks.
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+fn serve_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+    out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
+}
+
+impl DumpSession {
+    /// Spawns `nix-store --serve` and exchanges the greeting.
+    pub async fn start() -> Result<DumpSession> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut child = Command::new("nix-store")
+            .arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot run nix-store --serve")?;
+        let (Some(stdin), Some(stdout), Some(mut err)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            bail!("nix-store --serve: missing pipes");
+        };
+        let stderr = tokio::spawn(async move {
+            let mut tail = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                let excess = tail.len().saturating_sub(4096);
+                tail.drain(..excess);
+            }
+            String::from_utf8_lossy(&tail).trim().to_string()
+        });
+        let mut session = DumpSession {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        };
+        let mut hello = Vec::with_capacity(16);
+        hello.extend_from_slice(&SERVE_MAGIC_1.to_le_bytes());
+        hello.extend_from_slice(&SERVE_CLIENT_VERSION.to_le_bytes());
+        let mut words = [0u8; 16];
+        let greeting = async {
+            session.stdin.write_all(&hello).await?;
+            session.stdin.flush().await?;
+            session.stdout.read_exact(&mut words).await
+        };
+        if let Err(e) = greeting.await {
+            return Err(session.failure(&format!("greeting: {e}")).await.into());
+        }
+        if words[..8] != SERVE_MAGIC_2.to_le_bytes() {
+            bail!("nix-store --serve: protocol mismatch");
+        }
+        Ok(session)
+    }
+
+    /// Why the child stopped answering: its exit status and the end of its stderr.
+    async fn failure(mut self, what: &str) -> std::io::Error {
+        // Closed stdin ends a child that is still waiting for a request.
+        drop(self.stdin);
+        let status = self.child.wait().await;
+        let err = self.stderr.await.unwrap_or_default();
+        let err = err.strip_prefix("error: ").unwrap_or(&err);
+        let status = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        std::io::Error::other(format!("nix-store --serve ({what}, {status}): {err}"))
+    }
+
+    /// The NAR of `path` (`nar_size` bytes, as path-info reported) as a byte stream. When the
+    /// stream has yielded the whole NAR, checked to be a complete archive of exactly that
+    /// size, the session goes back to `idle` for the next path; a stream dropped early or
+    /// failed takes the child with it (it would be out of step).
+    pub fn nar(
+        self,
+        path: &str,
+        nar_size: u64,
+        idle: std::sync::Arc<std::sync::Mutex<Vec<DumpSession>>>,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        struct State {
+            session: Option<DumpSession>,
+            path: String,
+            left: u64,
+            sent: bool,
+            validator: garret_core::nix::NarValidator,
+            idle: std::sync::Arc<std::sync::Mutex<Vec<DumpSession>>>,
+        }
+        async fn step(st: &mut State) -> Option<std::io::Result<Bytes>> {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut session = st.session.take()?;
+            if !st.sent {
+                let mut req = SERVE_CMD_DUMP_STORE_PATH.to_le_bytes().to_vec();
+                serve_string(&mut req, &st.path);
+                let sent = async {
+                    session.stdin.write_all(&req).await?;
+                    session.stdin.flush().await
+                };
+                if let Err(e) = sent.await {
+                    return Some(Err(session
+                        .failure(&format!("sending a request: {e}"))
+                        .await));
+                }
+                st.sent = true;
+            }
+            if st.left == 0 {
+                if !st.validator.is_complete() {
+                    return Some(Err(std::io::Error::other(format!(
+                        "the NAR of {} is longer than its NAR size",
+                        st.path
+                    ))));
+                }
+                if let Ok(mut idle) = st.idle.lock() {
+                    idle.push(session);
+                }
+                return None;
+            }
+            let mut buf = bytes::BytesMut::with_capacity(st.left.min(DUMP_READ) as usize);
+            let n = match session.stdout.read_buf(&mut buf).await {
+                Ok(0) => return Some(Err(session.failure(&format!("dumping {}", st.path)).await)),
+                Ok(n) => n as u64,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Err(e) = st.validator.feed(&buf) {
+                return Some(Err(std::io::Error::other(format!(
+                    "the dump of {} is not a valid NAR: {e}",
+                    st.path
+                ))));
+            }
+            st.left -= n;
+            if st.left > 0 && st.validator.is_complete() {
+                return Some(Err(std::io::Error::other(format!(
+                    "the NAR of {} is shorter than its NAR size",
+                    st.path
+                ))));
+            }
+            st.session = Some(session);
+            Some(Ok(buf.freeze()))
+        }
+        let state = State {
+            session: Some(self),
+            path: path.to_string(),
+            left: nar_size,
+            sent: false,
+            validator: garret_core::nix::NarValidator::new(),
+            idle,
+        };
+        futures::stream::unfold(state, |mut st| async move {
+            let item = step(&mut st).await?;
+            Some((item, st))
+        })
+    }
+}
+
+/// NAR dumps for concurrent uploads: idle [`DumpSession`]s are reused, one is started
+/// when none is free, and if `nix-store --serve` cannot be started the pool falls back to
+/// one `nix store dump-path` per NAR.
+#[derive(Default)]
+pub struct DumpPool {
+    idle: std::sync::Arc<std::sync::Mutex<Vec<DumpSession>>>,
+    unavailable: std::sync::atomic::AtomicBool,
+}
+
+impl DumpPool {
+    pub async fn nar(
+        &self,
+        path: &str,
+        nar_size: u64,
+    ) -> Result<futures::stream::BoxStream<'static, std::io::Result<Bytes>>> {
+        use futures::StreamExt;
+        use std::sync::atomic::Ordering;
+        if !self.unavailable.load(Ordering::Relaxed) {
+            let reused = self.idle.lock().ok().and_then(|mut v| v.pop());
+            let session = match reused {
+                Some(s) => Some(s),
+                None => match DumpSession::start().await {
+                    Ok(s) => Some(s),
+                    Err(_) => {
+                        self.unavailable.store(true, Ordering::Relaxed);
+                        None
+                    }
+                },
+            };
+            if let Some(s) = session {
+                return Ok(s.nar(path, nar_size, self.idle.clone()).boxed());
+            }
+        }
+        Ok(dump(path)?.boxed())
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! Push pipeline: plan (closure → path-info → upstream filter → get-missing-paths), then
-//! upload the missing paths with N workers, each streaming one NAR from `nix store dump-path`
-//! into one PUT, or, above `--part-size` and when the server offers it, as parts that
-//! survive proxy body limits and resume where they stopped ([`parts`]). Failures are
-//! collected per path; they never stop the other uploads.
+//! Push pipeline: plan (closure path-info in one query → upstream filter →
+//! get-missing-paths), then upload the missing paths with N workers, each streaming one NAR
+//! from a reused `nix-store --serve` session ([`local_nix::DumpPool`]) into one PUT, or,
+//! above `--part-size` and when the server offers it, as parts that survive proxy body
+//! limits and resume where they stopped ([`parts`]). Failures are collected per path; they
+//! never stop the other uploads.
 
 mod parts;
 
@@ -107,19 +108,27 @@ pub async fn plan(
     opts: &PushOptions,
     already_handled: &BTreeSet<String>,
 ) -> Result<Plan> {
-    let paths = if opts.no_closure {
-        roots.to_vec()
+    let infos: Vec<PathInfo> = if opts.no_closure {
+        let paths: Vec<String> = roots
+            .iter()
+            .filter(|p| !already_handled.contains(hash_of(p)))
+            .cloned()
+            .collect();
+        if paths.is_empty() {
+            return Ok(Plan::default());
+        }
+        local_nix::path_info(&paths).await?
     } else {
-        local_nix::closure(roots).await?
+        local_nix::closure_info(roots)
+            .await?
+            .into_iter()
+            .filter(|i| !already_handled.contains(i.path.hash().as_str()))
+            .collect()
     };
-    let paths: Vec<String> = paths
-        .into_iter()
-        .filter(|p| !already_handled.contains(hash_of(p)))
-        .collect();
-    if paths.is_empty() {
+    if infos.is_empty() {
         return Ok(Plan::default());
     }
-    let infos = local_nix::path_info(&paths).await?;
+    let paths = infos.iter().map(|i| i.path.as_str().to_string()).collect();
     let mut plan = Plan {
         considered: paths,
         ..Plan::default()
@@ -208,11 +217,13 @@ pub async fn upload(
                 false
             }
         };
+    // One `nix-store --serve` per concurrent upload, reused from path to path.
+    let dumps = &local_nix::DumpPool::default();
     let results: Vec<(String, u64, Result<UploadPathResultKind>)> =
         futures::stream::iter(plan.upload.into_iter().map(|info| async move {
             let path = info.path.as_str().to_string();
             let in_parts = parts_ok && info.nar_size > opts.part_size;
-            let r = upload_one(api, cache, &info, opts, in_parts, progress).await;
+            let r = upload_one(api, cache, &info, opts, in_parts, dumps, progress).await;
             (path, info.nar_size, r)
         }))
         .buffer_unordered(opts.jobs.max(1))
@@ -257,13 +268,14 @@ async fn upload_one(
     info: &PathInfo,
     opts: &PushOptions,
     in_parts: bool,
+    dumps: &local_nix::DumpPool,
     progress: &Progress,
 ) -> Result<UploadPathResultKind> {
     let path = info.path.as_str();
     let mut attempt = 1;
     loop {
         // A retry of a part upload resumes: the server keeps the parts it has.
-        match upload_attempt(api, cache, info, opts, in_parts, progress).await {
+        match upload_attempt(api, cache, info, opts, in_parts, dumps, progress).await {
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                 progress.println(&format!("retrying {path} after: {e:#}"));
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
@@ -280,6 +292,7 @@ async fn upload_attempt(
     info: &PathInfo,
     opts: &PushOptions,
     in_parts: bool,
+    dumps: &local_nix::DumpPool,
     progress: &Progress,
 ) -> Result<UploadPathResultKind> {
     let path = info.path.as_str();
@@ -288,7 +301,7 @@ async fn upload_attempt(
         let result = parts::upload(api, &upload_info(cache, info), opts.part_size, bar.clone()).await;
         return finish(&bar, result);
     }
-    let nar = local_nix::dump(path)?;
+    let nar = dumps.nar(path, info.nar_size).await?;
     let counted = {
         let bar = bar.clone();
         nar.inspect(move |chunk| {
