@@ -251,15 +251,13 @@ pub async fn upload(
 const ATTEMPTS: u32 = 3;
 
 fn is_transient(e: &anyhow::Error) -> bool {
-    // A part upload's session that is gone (expired) is started afresh.
-    crate::http::session_gone(e)
-        || e.chain().any(|c| {
+    e.chain().any(|c| {
         if let Some(api) = c.downcast_ref::<ApiError>() {
             return api.status().is_server_error();
         }
-            c.downcast_ref::<reqwest::Error>()
-                .is_some_and(|r| r.is_connect() || r.is_request() || r.is_body())
-        })
+        c.downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_connect() || r.is_request() || r.is_body())
+    })
 }
 
 async fn upload_one(
@@ -276,7 +274,11 @@ async fn upload_one(
     loop {
         // A retry of a part upload resumes: the server keeps the parts it has.
         match upload_attempt(api, cache, info, opts, in_parts, dumps, progress).await {
-            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+            // A part upload's session that is gone (expired) is started afresh.
+            Err(e)
+                if attempt < ATTEMPTS
+                    && (is_transient(&e) || (in_parts && crate::http::session_gone(&e))) =>
+            {
                 progress.println(&format!("retrying {path} after: {e:#}"));
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
                 attempt += 1;
