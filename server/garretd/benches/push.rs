@@ -128,7 +128,8 @@ fn main() {
 
     let mut results: Vec<(u32, Duration)> = Vec::new();
     for jobs in [1u32, 4] {
-        let server = Garretd::start();
+        // Logging at warn: the harness default (debug, echoed line by line) costs per path.
+        let server = Garretd::start_with(None, &[("GARRETD_LOG", "warn")]);
         let token = server.admin_token();
         let garret = |args: &[&str]| {
             let mut c = nix_cmd(root, common::workspace_bin("garret"));
@@ -163,6 +164,47 @@ fn main() {
         println!(
             "speed-up --jobs 4 over --jobs 1: {:.2}x",
             one.as_secs_f64() / four.as_secs_f64()
+        );
+    }
+    // Baseline: what garretd ingests from one stream of the same number of bytes (one NAR
+    // PUT from memory by a plain HTTP client), on a fresh server.
+    let server = Garretd::start_with(None, &[("GARRETD_LOG", "warn")]);
+    let token = server.admin_token();
+    let contents = common::noise(4242, total as usize);
+    let nar = common::nar_of_file(&contents);
+    drop(contents);
+    let info = common::upload_info("bench", "single-stream", &nar, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let secs = rt.block_on(async {
+        let api = server.client();
+        let r = api
+            .req(
+                reqwest::Method::POST,
+                "_api/v1/cache-config/bench",
+                Some(&token),
+            )
+            .json(&serde_json::json!({"keypair": "Generate", "is_public": true, "store_dir": "/nix/store", "priority": 41, "upstream_cache_key_names": []}))
+            .send()
+            .await
+            .expect("create cache");
+        assert!(r.status().is_success());
+        let t = Instant::now();
+        let r = api
+            .req(reqwest::Method::PUT, "_api/v1/upload-path", Some(&token))
+            .header("X-Attic-Nar-Info", info.to_string())
+            .body(nar)
+            .send()
+            .await
+            .expect("upload");
+        assert!(r.status().is_success(), "single-stream upload: {}", r.status());
+        t.elapsed().as_secs_f64()
+    });
+    let single = total as f64 / 1e6 / secs;
+    println!("single-stream ingest baseline: {secs:.2}s, {single:.1} MB/s");
+    for (jobs, wall) in &results {
+        println!(
+            "--jobs {jobs}: {:.0}% of the single-stream ingest rate",
+            100.0 * total as f64 / 1e6 / wall.as_secs_f64() / single
         );
     }
 }
