@@ -50,7 +50,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "k" | "kib" => 10,
         "m" | "mib" => 20,
         "g" | "gib" => 30,
-        _ => return Err(format!("{text:?}: unknown unit (use K, M or G, i.e. KiB, MiB, GiB)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit (use K, M or G, i.e. KiB, MiB, GiB)"
+            ))
+        }
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{text:?} is too large"))
@@ -300,7 +304,8 @@ async fn upload_attempt(
     let path = info.path.as_str();
     let bar = Arc::new(progress.start(path, info.nar_size));
     if in_parts {
-        let result = parts::upload(api, &upload_info(cache, info), opts.part_size, bar.clone()).await;
+        let result =
+            parts::upload(api, &upload_info(cache, info), opts.part_size, bar.clone()).await;
         return finish(&bar, result);
     }
     let nar = dumps.nar(path, info.nar_size).await?;

@@ -76,7 +76,13 @@ mod tests {
 
     #[test]
     fn parts_cover_the_nar_exactly_once() {
-        for (size, part) in [(1u64, 1u64), (10, 3), (9, 3), (100, 1000), (1 << 30, 64 << 20)] {
+        for (size, part) in [
+            (1u64, 1u64),
+            (10, 3),
+            (9, 3),
+            (100, 1000),
+            (1 << 30, 64 << 20),
+        ] {
             let n = num_parts(size, part);
             let total: u64 = (0..n).map(|i| part_len(size, part, i).unwrap()).sum();
             assert_eq!(total, size, "{size}/{part}");

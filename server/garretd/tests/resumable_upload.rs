@@ -158,25 +158,33 @@ async fn parts_are_checked_idempotent_and_commit_like_one_upload() {
     let s = json(create_session(&api, t, &info, min).await).await;
     assert_eq!(s["session_id"], id.as_str());
     assert_eq!(s["parts_present"], json!([1]));
-    let s = json(
-        api.get(&format!("_api/v1/upload-session/{id}"), t)
-            .await,
-    )
-    .await;
+    let s = json(api.get(&format!("_api/v1/upload-session/{id}"), t).await).await;
     assert_eq!(s["parts_present"], json!([1]));
 
     // nothing is visible before the commit
     let hash = info["store_path_hash"].as_str().expect("hash").to_string();
     assert_eq!(
-        api.get(&format!("parts/{hash}.narinfo"), None).await.status(),
+        api.get(&format!("parts/{hash}.narinfo"), None)
+            .await
+            .status(),
         StatusCode::NOT_FOUND
     );
     for n in [0, 2] {
-        let resp = put_part(&api, t, &id, n, &part_hash(parts[n as usize]), parts[n as usize]).await;
+        let resp = put_part(
+            &api,
+            t,
+            &id,
+            n,
+            &part_hash(parts[n as usize]),
+            parts[n as usize],
+        )
+        .await;
         assert_eq!(resp.status(), StatusCode::OK);
     }
     assert_eq!(
-        api.get(&format!("parts/{hash}.narinfo"), None).await.status(),
+        api.get(&format!("parts/{hash}.narinfo"), None)
+            .await
+            .status(),
         StatusCode::NOT_FOUND
     );
     let resp = commit(&api, t, &id).await;
@@ -190,7 +198,10 @@ async fn parts_are_checked_idempotent_and_commit_like_one_upload() {
         .text()
         .await
         .expect("narinfo");
-    assert!(narinfo.contains(&format!("NarSize: {}", nar.len())), "{narinfo}");
+    assert!(
+        narinfo.contains(&format!("NarSize: {}", nar.len())),
+        "{narinfo}"
+    );
     // the staging is gone with the session
     assert_eq!(g.count("upload_sessions"), 0);
     assert_eq!(g.count("upload_session_blobs"), 0);
@@ -288,7 +299,11 @@ async fn an_abandoned_session_is_removed_by_gc_and_a_live_one_is_kept() {
         )),
         "0"
     );
-    assert_eq!(staged_files(&g), staged_each, "only the live session's part is staged");
+    assert_eq!(
+        staged_files(&g),
+        staged_each,
+        "only the live session's part is staged"
+    );
     let s = json(
         api.get(&format!("_api/v1/upload-session/{}", ids[1]), t)
             .await,
@@ -342,7 +357,9 @@ async fn a_private_cache_s_sessions_reveal_nothing() {
             StatusCode::NOT_FOUND
         };
         for sid in [id.as_str(), nobody.as_str()] {
-            let get = api.get(&format!("_api/v1/upload-session/{sid}"), token).await;
+            let get = api
+                .get(&format!("_api/v1/upload-session/{sid}"), token)
+                .await;
             assert_eq!(get.status(), want, "GET {sid}");
             let put = put_part(&api, token, sid, 0, &part_hash(part), part).await;
             assert_eq!(put.status(), want, "PUT {sid}");
@@ -402,7 +419,10 @@ async fn on_s3_parts_are_staged_in_the_bucket_and_leave_nothing_behind() {
     let blobs = g.sql_rows("SELECT storage_key FROM upload_session_blobs");
     assert!(blobs.len() >= 4, "{blobs:?}");
     for key in &blobs {
-        bucket.get(key).await.expect("a staged blob is in the bucket");
+        bucket
+            .get(key)
+            .await
+            .expect("a staged blob is in the bucket");
     }
 
     assert_eq!(commit(&api, t, &id).await.status(), StatusCode::OK);
@@ -556,13 +576,19 @@ async fn behind_nginx_s_body_limit_the_single_request_gets_413_and_parts_pass() 
     env.garret_ok(&["cache", "create", "big", "--public"], pem);
     let top = env.build_chain(3 << 20);
     let size = nar_size(&env, &top);
-    assert!(size > 1 << 20, "the NAR ({size} bytes) is above nginx's limit");
+    assert!(
+        size > 1 << 20,
+        "the NAR ({size} bytes) is above nginx's limit"
+    );
 
     // whole NARs: the stock single request, refused by the proxy
     let out = env.garret(&["push", "big", "--part-size", "0", &top], pem);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("/_api/v1/upload-path as too large (HTTP 413"), "{err}");
+    assert!(
+        err.contains("/_api/v1/upload-path as too large (HTTP 413"),
+        "{err}"
+    );
     assert_eq!(g.count("objects"), 2, "the two small paths went through");
 
     // in parts of 256 KiB: every request is under the limit
@@ -580,7 +606,10 @@ async fn behind_nginx_s_body_limit_the_single_request_gets_413_and_parts_pass() 
         .filter(|l| l.contains("PUT /_api/v1/upload-session/") && l.contains("\" 200 "))
         .count();
     assert_eq!(part_puts as u64, parts, "{log}");
-    assert!(log.contains("POST /_api/v1/upload-session HTTP/1.1\" 200"), "{log}");
+    assert!(
+        log.contains("POST /_api/v1/upload-session HTTP/1.1\" 200"),
+        "{log}"
+    );
     assert_eq!(g.count("objects"), 3);
     assert_eq!(g.count("upload_sessions"), 0);
     assert_eq!(staged_files(&g), 0);
@@ -632,7 +661,11 @@ async fn a_killed_push_resumes_without_resending_completed_parts() {
         .parse()
         .expect("count");
     assert!(done >= 1 && done < parts, "{done} of {parts} parts stored");
-    assert_eq!(g.count("objects"), 0, "nothing is visible before the commit");
+    assert_eq!(
+        g.count("objects"),
+        0,
+        "nothing is visible before the commit"
+    );
     let stored = metric(&api, "garret_upload_parts_stored_total").await;
     let redundant = metric(&api, "garret_upload_parts_redundant_total").await;
     assert_eq!(stored, done as f64);

@@ -24,7 +24,10 @@ impl ApiClient {
         if !resp.status().is_success() {
             return Ok(None);
         }
-        let bytes = resp.bytes().await.context("reading the capability answer")?;
+        let bytes = resp
+            .bytes()
+            .await
+            .context("reading the capability answer")?;
         // Anything not ours (a proxy's page, an unrelated JSON) is "no part API".
         Ok(serde_json::from_slice::<Capabilities>(&bytes)
             .ok()

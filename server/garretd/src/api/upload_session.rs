@@ -30,8 +30,8 @@ use crate::store::UploadOutcome;
 use garret_core::clock::unix_now;
 use garret_core::nix::Sha256Hash;
 use garret_core::upload_session::{
-    num_parts, part_len, Capabilities, CreateSessionRequest, PartResult, Session,
-    PART_HASH_HEADER, VERSION,
+    num_parts, part_len, Capabilities, CreateSessionRequest, PartResult, Session, PART_HASH_HEADER,
+    VERSION,
 };
 use garret_core::wire::{UploadPathNarInfo, UploadPathResult, UploadPathResultKind};
 
@@ -80,11 +80,7 @@ pub async fn create(
     }
 }
 
-async fn create_session(
-    state: &SharedState,
-    caller: &Caller,
-    body: Body,
-) -> ServerResult<Session> {
+async fn create_session(state: &SharedState, caller: &Caller, body: Body) -> ServerResult<Session> {
     // The body names the cache: nobody who may push nowhere gets the server to read it.
     if !may_push_somewhere(caller) {
         return Err(push_nowhere(caller));
@@ -174,9 +170,7 @@ async fn session_for(
         .ok_or_else(not_found)?;
     let c = match authorize(state, caller, &row.cache_name, |p| p.push).await {
         Ok(c) => c,
-        Err(ServerError::Unauthorized { .. } | ServerError::NoSuchCache) => {
-            return Err(not_found())
-        }
+        Err(ServerError::Unauthorized { .. } | ServerError::NoSuchCache) => return Err(not_found()),
         Err(e) => return Err(e),
     };
     if c.row.id != row.cache_id {

@@ -170,7 +170,11 @@ impl Database {
     }
 
     /// Sessions to clean up: expired before `cutoff`, or of a cache that is gone.
-    pub async fn abandoned_upload_sessions(&self, cutoff: i64, limit: i64) -> DbResult<Vec<String>> {
+    pub async fn abandoned_upload_sessions(
+        &self,
+        cutoff: i64,
+        limit: i64,
+    ) -> DbResult<Vec<String>> {
         let rows = sqlx::query(
             "SELECT id FROM upload_sessions s WHERE s.expires_at < $1
              OR NOT EXISTS (SELECT 1 FROM caches c WHERE c.id = s.cache_id AND c.deleted_at IS NULL)
@@ -230,22 +234,28 @@ impl Database {
     }
 
     /// The blobs of one attempt in order, or of the whole session (`attempt` None).
-    pub async fn session_blobs(&self, session_id: &str, attempt: Option<&str>) -> DbResult<Vec<String>> {
+    pub async fn session_blobs(
+        &self,
+        session_id: &str,
+        attempt: Option<&str>,
+    ) -> DbResult<Vec<String>> {
         let rows = match attempt {
-            Some(a) => sqlx::query(
-                "SELECT storage_key FROM upload_session_blobs
+            Some(a) => {
+                sqlx::query(
+                    "SELECT storage_key FROM upload_session_blobs
                  WHERE session_id = $1 AND attempt = $2 ORDER BY seq",
-            )
-            .bind(session_id)
-            .bind(a)
-            .fetch_all(self.pool())
-            .await,
-            None => sqlx::query(
-                "SELECT storage_key FROM upload_session_blobs WHERE session_id = $1",
-            )
-            .bind(session_id)
-            .fetch_all(self.pool())
-            .await,
+                )
+                .bind(session_id)
+                .bind(a)
+                .fetch_all(self.pool())
+                .await
+            }
+            None => {
+                sqlx::query("SELECT storage_key FROM upload_session_blobs WHERE session_id = $1")
+                    .bind(session_id)
+                    .fetch_all(self.pool())
+                    .await
+            }
         }
         .ctx("listing staged blobs")?;
         rows.iter().map(|r| get(r, "storage_key")).collect()

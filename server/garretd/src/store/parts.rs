@@ -247,15 +247,10 @@ impl Store {
         &self,
         session: &SessionRow,
         parts: &[PartRow],
-    ) -> ServerResult<impl Stream<Item = Result<Bytes, crate::backend::StorageError>> + Send>
-    {
+    ) -> ServerResult<impl Stream<Item = Result<Bytes, crate::backend::StorageError>> + Send> {
         let mut keys = Vec::new();
         for p in parts {
-            keys.extend(
-                self.db
-                    .session_blobs(&session.id, Some(&p.attempt))
-                    .await?,
-            );
+            keys.extend(self.db.session_blobs(&session.id, Some(&p.attempt)).await?);
         }
         let storage = self.storage.clone();
         Ok(futures::stream::iter(keys)
