@@ -225,8 +225,7 @@ pub async fn run_once_at(
     }
     report.packs_compacted = compact(db, storage).await;
     report.temp_files_swept = storage.sweep_temporary().await as u64;
-    report.upload_sessions_removed =
-        crate::store::parts::sweep_sessions(db, storage, now).await?;
+    report.upload_sessions_removed = crate::store::parts::sweep_sessions(db, storage, now).await?;
     let m = &crate::metrics::METRICS;
     m.gc_runs.inc();
     m.gc_bytes_freed.inc_by(report.bytes_freed);
