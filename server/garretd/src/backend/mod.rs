@@ -2,7 +2,7 @@
 //! compressed chunks written by one upload batch (bounded in size, so whole-blob writes
 //! keep memory constant), read back by byte range.
 
-mod direct;
+pub(crate) mod direct;
 mod local;
 mod s3;
 

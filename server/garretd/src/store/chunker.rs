@@ -1,6 +1,8 @@
 //! Streaming content-defined chunking (FastCDC 2020). Bytes arrive in arbitrary pieces; a
 //! chunk is cut as soon as `max_size` bytes are buffered, which yields exactly the cut points
 //! of chunking the whole NAR at once, with at most `max_size` + one piece held in memory.
+//! Chunks are views into the chunker's buffer (no copy per chunk); when the buffer is full,
+//! only the uncut tail moves to a fresh one.
 
 use bytes::{Bytes, BytesMut};
 
@@ -18,12 +20,30 @@ pub struct Chunker {
     buf: BytesMut,
 }
 
+/// Size of the buffers chunks are cut from: large next to a chunk, so moving the tail to a
+/// new buffer (at most `max_size` bytes) is rare; small next to an upload's bounded memory
+/// (a buffer is freed when its last chunk has been written).
+const BUFFER: usize = 2 << 20;
+
 impl Chunker {
     pub fn new(params: ChunkParams) -> Chunker {
         Chunker {
             params,
-            buf: BytesMut::with_capacity(params.max_size * 2),
+            buf: BytesMut::new(),
         }
+    }
+
+    /// Room for `more` bytes: a new buffer, with the uncut tail copied over, if the current
+    /// one is full. (Growing the shared buffer in place is impossible while chunks cut
+    /// from it are still alive.)
+    fn make_room(&mut self, more: usize) {
+        if self.buf.capacity() - self.buf.len() >= more {
+            return;
+        }
+        let need = self.buf.len() + more;
+        let mut fresh = BytesMut::with_capacity(need.max(BUFFER).max(self.params.max_size * 2));
+        fresh.extend_from_slice(&self.buf);
+        self.buf = fresh;
     }
 
     fn cut_len(&self, data: &[u8]) -> usize {
@@ -39,13 +59,12 @@ impl Chunker {
     }
 
     fn take(&mut self, len: usize) -> Bytes {
-        let chunk = Bytes::copy_from_slice(&self.buf[..len]);
-        bytes::Buf::advance(&mut self.buf, len);
-        chunk
+        self.buf.split_to(len).freeze()
     }
 
     /// Adds bytes; returns the chunks that are now final.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Bytes>) {
+        self.make_room(data.len());
         self.buf.extend_from_slice(data);
         while self.buf.len() >= self.params.max_size {
             let len = self.cut_len(&self.buf);

@@ -41,34 +41,61 @@ pub(super) struct Received {
 }
 
 /// The whole-NAR SHA-256 on its own thread, so it runs beside chunking instead of before
-/// it: the reader hands over each piece (a reference-counted clone, no copy).
+/// it: the reader hands over the pieces (reference-counted clones, no copy) in groups of
+/// about [`HASH_GROUP`] bytes, so the thread wakes a few times per MiB rather than once
+/// per network read.
 struct HashLane {
-    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    tx: Option<tokio::sync::mpsc::Sender<Vec<Bytes>>>,
+    group: Vec<Bytes>,
+    group_bytes: usize,
     done: tokio::task::JoinHandle<[u8; 32]>,
 }
 
+/// Bytes handed to the hashing thread at once; with the channel's capacity this bounds how
+/// far it may fall behind (and the memory that holds).
+const HASH_GROUP: usize = 1 << 20;
+const HASH_GROUPS_QUEUED: usize = 4;
+
 impl HashLane {
     fn start() -> HashLane {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(HASH_GROUPS_QUEUED);
         let done = tokio::task::spawn_blocking(move || {
             let mut h = Sha256::new();
-            while let Some(piece) = rx.blocking_recv() {
-                h.update(&piece);
+            while let Some(group) = rx.blocking_recv() {
+                for piece in group {
+                    h.update(&piece);
+                }
             }
             h.finalize().into()
         });
-        HashLane { tx: Some(tx), done }
+        HashLane {
+            tx: Some(tx),
+            group: Vec::new(),
+            group_bytes: 0,
+            done,
+        }
     }
 
-    /// Waits (asynchronously) only when the hashing thread is 64 pieces behind.
+    /// Waits (asynchronously) only when the hashing thread is several groups behind.
     async fn update(&mut self, piece: Bytes) {
-        if let Some(tx) = &self.tx {
+        self.group_bytes += piece.len();
+        self.group.push(piece);
+        if self.group_bytes >= HASH_GROUP {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.group_bytes = 0;
+        let group = std::mem::take(&mut self.group);
+        if let (Some(tx), false) = (&self.tx, group.is_empty()) {
             // A send can only fail if the hashing thread died; `finish` reports that.
-            let _ = tx.send(piece).await;
+            let _ = tx.send(group).await;
         }
     }
 
     async fn finish(mut self) -> ServerResult<Sha256Hash> {
+        self.flush().await;
         self.tx = None;
         let digest = (&mut self.done).await.map_err(ServerError::internal)?;
         Ok(Sha256Hash::from_digest(digest))
