@@ -341,3 +341,23 @@ fn finish(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("256K"), Ok(256 << 10));
+        assert_eq!(parse_size("64MiB"), Ok(DEFAULT_PART_SIZE));
+        assert_eq!(parse_size(" 16 mib "), Ok(16 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("64MB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("MiB").unwrap_err().contains("not a size"));
+        assert!(parse_size("99999999999999G")
+            .unwrap_err()
+            .contains("too large"));
+    }
+}
