@@ -320,9 +320,15 @@ fn serve_string(out: &mut Vec<u8>, s: &str) {
 impl DumpSession {
     /// Spawns `nix-store --serve` and exchanges the greeting.
     pub async fn start() -> Result<DumpSession> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start) with extra `nix-store` arguments (e.g. `--store`).
+    async fn start_with(extra: &[&str]) -> Result<DumpSession> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut child = Command::new("nix-store")
             .arg("--serve")
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -540,6 +546,92 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not valid"));
+    }
+
+    async fn collect(s: impl Stream<Item = std::io::Result<Bytes>>) -> std::io::Result<Vec<u8>> {
+        use futures::StreamExt;
+        let mut out = Vec::new();
+        let mut s = std::pin::pin!(s);
+        while let Some(piece) = s.next().await {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_serve_session_dumps_nar_after_nar_and_drops_out_on_a_wrong_size() {
+        let have_nix = std::process::Command::new("nix-store")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have_nix {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "nix-store is required under CI"
+            );
+            eprintln!("SKIPPED: nix-store not found");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let store = store.to_str().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, vec![7u8; 100_000]).unwrap();
+        std::fs::write(&b, b"small").unwrap();
+        let nix = |args: &[&str]| {
+            let out = std::process::Command::new("nix-store")
+                .args(["--store", store])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        let added =
+            String::from_utf8(nix(&["--add", a.to_str().unwrap(), b.to_str().unwrap()])).unwrap();
+        let paths: Vec<&str> = added.lines().collect();
+        let nars: Vec<Vec<u8>> = paths
+            .iter()
+            .map(|p| nix(&["--dump", &format!("{store}{p}")]))
+            .collect();
+        let idle = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut session = DumpSession::start_with(&["--store", store]).await.unwrap();
+        // Twice through both paths on one child: each NAR byte for byte, back to idle.
+        for _ in 0..2 {
+            for (p, nar) in paths.iter().zip(&nars) {
+                let got = collect(session.nar(p, nar.len() as u64, idle.clone()))
+                    .await
+                    .unwrap();
+                assert_eq!(&got, nar);
+                session = idle.lock().unwrap().pop().expect("session back to idle");
+            }
+        }
+        // A size that is too small or too large is an error, never a hang or a short NAR,
+        // and the session is not reused.
+        let short = collect(session.nar(paths[0], nars[0].len() as u64 - 8, idle.clone())).await;
+        assert!(short
+            .unwrap_err()
+            .to_string()
+            .contains("longer than its NAR size"));
+        assert!(idle.lock().unwrap().is_empty());
+        let session = DumpSession::start_with(&["--store", store]).await.unwrap();
+        let long = collect(session.nar(paths[1], nars[1].len() as u64 + 8, idle.clone())).await;
+        assert!(long
+            .unwrap_err()
+            .to_string()
+            .contains("shorter than its NAR size"));
+        assert!(idle.lock().unwrap().is_empty());
+        // A path the store does not have: Nix's own message.
+        let session = DumpSession::start_with(&["--store", store]).await.unwrap();
+        let missing = format!("{}x", &paths[1][..paths[1].len() - 1]);
+        let err = collect(session.nar(&missing, 10, idle.clone()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is not valid"), "{err}");
     }
 
     #[test]
