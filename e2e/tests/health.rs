@@ -346,3 +346,67 @@ async fn an_invalid_spec_reads_failed_and_degraded() {
     apply(&tokens, cache_token("ci", spec)).await;
     wait_health(&tokens, "ci", "Current", "Healthy", true).await;
 }
+
+/// `garret_operator_queue_depth` counts tokens that wait to reconcile: many applied at once
+/// (the controller runs a few at a time, and they wait for their BinaryCache's key) show up
+/// in it, and it is back to zero once every token is minted and nothing is due.
+#[tokio::test]
+async fn queue_depth_rises_with_a_burst_of_tokens_and_drains() {
+    use garret_operator::metrics;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const TOKENS: usize = 40;
+    let (client, ns, _op) = setup("health-queue", true).await;
+    let caches = dynamic::<BinaryCache>(&client, &ns);
+    let tokens = dynamic::<CacheToken>(&client, &ns);
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(
+                    metrics::global().queue_depth("CacheToken"),
+                    Ordering::Relaxed,
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    apply(&caches, binary_cache("main")).await;
+    for i in 0..TOKENS {
+        let spec = json!({"binaryCacheRef": {"name": "main"}, "subject": format!("ci-{i}"),
+                          "permissions": {"pull": ["team"]}, "secretName": format!("q{i}-token")});
+        apply(&tokens, cache_token(&format!("q{i}"), spec)).await;
+    }
+    let typed: Api<CacheToken> = Api::namespaced(client.clone(), &ns);
+    wait_for(T, "every token minted", || async {
+        let list = typed.list(&Default::default()).await?;
+        let minted = list
+            .items
+            .iter()
+            .filter(|t| {
+                t.status
+                    .as_ref()
+                    .and_then(|s| s.token_id.as_ref())
+                    .is_some()
+            })
+            .count();
+        Ok((minted == TOKENS).then_some(()))
+    })
+    .await
+    .expect("minted");
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    println!("queue depth peaked at {peak} for {TOKENS} tokens");
+    assert!(peak > 0, "the burst never showed in the queue depth");
+    // Minted tokens wait for nothing (their renewal is hours away): the queue drains.
+    wait_for(T, "the queue to drain", || async {
+        let text = metrics::global().render();
+        Ok(text
+            .contains(r#"garret_operator_queue_depth{kind="CacheToken"} 0"#)
+            .then_some(()))
+    })
+    .await
+    .expect("queue drained");
+}
