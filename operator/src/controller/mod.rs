@@ -5,8 +5,8 @@
 
 pub mod binary_cache;
 pub mod cache_token;
-pub mod queue;
 pub mod probe;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -183,11 +183,14 @@ async fn pull(
                 .expect("narinfo");
             assert!(r.status().is_success(), "narinfo: {}", r.status());
             let text = r.text().await.expect("narinfo body");
-            let url = text
-                .lines()
-                .find_map(|l| l.strip_prefix("URL: "))
-                .expect("narinfo URL")
-                .to_string();
+            let field = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(str::to_string)
+            };
+            let url = field("URL: ").expect("narinfo URL");
+            // Nix undoes the narinfo's `Compression` (Attic's `zstd`), so the bench does too.
+            let compression = field("Compression: ").unwrap_or_else(|| "bzip2".into());
             let r = http
                 .get(format!("{base}/bench/{url}"))
                 .send()
@@ -195,14 +198,18 @@ async fn pull(
                 .expect("nar");
             assert!(r.status().is_success(), "nar: {}", r.status());
             let body = r.bytes().await.expect("nar body");
-            // Uncompressed NARs should come back as they went in: count the ones that do not.
-            if url.ends_with(".nar") && body != p.nar {
+            let nar = match compression.as_str() {
+                "zstd" => zstd::decode_all(&body[..]).unwrap_or_default(),
+                "none" => body.to_vec(),
+                other => panic!("narinfo Compression {other}: not what garretd serves"),
+            };
+            // Every NAR must come back as it went in: count the ones that do not.
+            if nar != p.nar[..] {
                 MISMATCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 eprintln!(
-                    "NAR {url} of {}: got {} bytes starting {:02x?}, uploaded {}",
+                    "NAR {url} of {} ({compression}): got {} bytes after decoding, uploaded {}",
                     p.hash,
-                    body.len(),
-                    &body[..body.len().min(8)],
+                    nar.len(),
                     p.nar.len()
                 );
             }
