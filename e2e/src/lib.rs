@@ -38,6 +38,7 @@ mod images;
 mod local_image;
 mod node;
 mod process;
+mod rendered_garretd;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +54,7 @@ pub use images::{
 };
 pub use local_image::LocalImage;
 pub use node::{Node, PortForward, NODE_IP, NODE_NAME, PAUSE_IMAGE, POD_CIDR, STORAGE_CLASS};
+pub use rendered_garretd::{rerooted, start_rendered_garretd, RenderedGarretd};
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

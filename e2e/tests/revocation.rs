@@ -10,15 +10,13 @@
 //! Needs the garretd binary: `cargo build -p garretd --bins` (same profile).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use garret_e2e::{wait_for, ControlPlane, Identity, Options};
+use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane, Identity, Options};
 use garret_operator::controller::{self, Settings};
-use garret_operator::desired::{CACHE_KEYS_DIR, CONFIG_DIR, DATA_DIR, REVOCATIONS_DIR};
+use garret_operator::desired::{CACHE_KEYS_DIR, REVOCATIONS_DIR};
 use garret_operator::types::CacheToken;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -162,73 +160,6 @@ fn sync_revocations(
     })
 }
 
-fn garretd_bin() -> PathBuf {
-    let dir = match std::env::var_os("GARRET_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
-            .expect("the test binary's own path"),
-    };
-    let bin = dir.join("garretd");
-    assert!(
-        bin.is_file(),
-        "{} is not built: run `cargo build -p garretd --bins` first",
-        bin.display()
-    );
-    bin
-}
-
-struct Garretd {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Garretd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// garretd from the rendered server.toml, with the pod's mount roots moved under `root`.
-fn start_garretd(root: &Path, server_toml: &str, token_key: &str) -> Garretd {
-    let at = |p: &str| root.join(p.trim_start_matches('/')).display().to_string();
-    let toml = server_toml
-        .replace(REVOCATIONS_DIR, &at(REVOCATIONS_DIR))
-        .replace(CACHE_KEYS_DIR, &at(CACHE_KEYS_DIR))
-        .replace(DATA_DIR, &at(DATA_DIR));
-    std::fs::create_dir_all(at(DATA_DIR)).expect("data dir");
-    let config_dir = PathBuf::from(at(CONFIG_DIR));
-    std::fs::create_dir_all(&config_dir).expect("config dir");
-    let config = config_dir.join("server.toml");
-    std::fs::write(&config, toml).expect("server.toml");
-    let mut child = Command::new(garretd_bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64", token_key)
-        .env("GARRETD_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn garretd");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("garretd listening on ") {
-                let _ = tx.send(url.trim_end_matches('/').to_string());
-            }
-            eprintln!("[garretd] {line}");
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("garretd listening");
-    Garretd { child, url }
-}
-
 /// HTTP status of GET cache-config with `token` (curl: no HTTP client in this crate).
 fn status(url: &str, token: &str) -> u16 {
     let out = Command::new("curl")
@@ -330,7 +261,7 @@ async fn deleted_renamed_and_renewed_tokens_are_refused_by_a_real_garretd() {
         "not pinned: {server_toml}"
     );
     let root = tempfile::tempdir().expect("tmp");
-    let at = |p: &str| root.path().join(p.trim_start_matches('/'));
+    let at = |p: &str| rerooted(root.path(), p);
     std::fs::create_dir_all(at(CACHE_KEYS_DIR)).expect("keys dir");
     for (name, value) in cache_keys.data.clone().unwrap_or_default() {
         std::fs::write(at(CACHE_KEYS_DIR).join(name), value.0).expect("key file");
@@ -338,7 +269,7 @@ async fn deleted_renamed_and_renewed_tokens_are_refused_by_a_real_garretd() {
     let mut volume = ConfigMapVolume::new(at(REVOCATIONS_DIR));
     volume.write(&revocations.data.clone().unwrap_or_default());
     let kubelet = sync_revocations(config_maps.clone(), volume);
-    let g = start_garretd(
+    let g = start_rendered_garretd(
         root.path(),
         &server_toml,
         &data(&key, "token-rs256-secret-base64"),

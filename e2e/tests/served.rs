@@ -13,16 +13,13 @@
 //!
 //! Needs the garretd binary: `cargo build -p garretd --bins` (same profile).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use garret_e2e::{wait_for, ControlPlane, Identity, Options};
+use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane, Identity, Options};
 use garret_operator::controller::{self, Settings};
-use garret_operator::desired::{CACHE_KEYS_DIR, CONFIG_DIR, DATA_DIR, REVOCATIONS_DIR};
+use garret_operator::desired::{CACHE_KEYS_DIR, REVOCATIONS_DIR};
 use garret_operator::types::{BinaryCache, BinaryCacheStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -79,73 +76,6 @@ impl Drop for Forwarder {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn garretd_bin() -> PathBuf {
-    let dir = match std::env::var_os("GARRET_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
-            .expect("the test binary's own path"),
-    };
-    let bin = dir.join("garretd");
-    assert!(
-        bin.is_file(),
-        "{} is not built: run `cargo build -p garretd --bins` first",
-        bin.display()
-    );
-    bin
-}
-
-struct Garretd {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Garretd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// garretd from the rendered server.toml, with the pod's mount roots moved under `root`.
-fn start_garretd(root: &Path, server_toml: &str, token_key: &str) -> Garretd {
-    let at = |p: &str| root.join(p.trim_start_matches('/')).display().to_string();
-    let toml = server_toml
-        .replace(REVOCATIONS_DIR, &at(REVOCATIONS_DIR))
-        .replace(CACHE_KEYS_DIR, &at(CACHE_KEYS_DIR))
-        .replace(DATA_DIR, &at(DATA_DIR));
-    std::fs::create_dir_all(at(DATA_DIR)).expect("data dir");
-    let config_dir = PathBuf::from(at(CONFIG_DIR));
-    std::fs::create_dir_all(&config_dir).expect("config dir");
-    let config = config_dir.join("server.toml");
-    std::fs::write(&config, toml).expect("server.toml");
-    let mut child = Command::new(garretd_bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64", token_key)
-        .env("GARRETD_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn garretd");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("garretd listening on ") {
-                let _ = tx.send(url.trim_end_matches('/').to_string());
-            }
-            eprintln!("[garretd] {line}");
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("garretd listening");
-    Garretd { child, url }
 }
 
 fn data(secret: &Secret, key: &str) -> Vec<u8> {
@@ -289,7 +219,7 @@ async fn a_binary_cache_is_ready_only_once_garretd_serves_its_caches() {
 
     // 2. garretd runs, but team's key file has not landed yet.
     let root = tempfile::tempdir().expect("tmp");
-    let keys_dir = root.path().join(CACHE_KEYS_DIR.trim_start_matches('/'));
+    let keys_dir = rerooted(root.path(), CACHE_KEYS_DIR);
     std::fs::create_dir_all(&keys_dir).expect("keys dir");
     let key_files = cache_keys.data.clone().unwrap_or_default();
     assert_eq!(key_files.len(), 2, "one key file per cache: {key_files:?}");
@@ -302,13 +232,13 @@ async fn a_binary_cache_is_ready_only_once_garretd_serves_its_caches() {
             std::fs::write(keys_dir.join(name), &value.0).expect("key file");
         }
     }
-    let revocations_dir = root.path().join(REVOCATIONS_DIR.trim_start_matches('/'));
+    let revocations_dir = rerooted(root.path(), REVOCATIONS_DIR);
     std::fs::create_dir_all(&revocations_dir).expect("revocations dir");
     for (name, text) in revocations.data.clone().unwrap_or_default() {
         std::fs::write(revocations_dir.join(name), text).expect("revocation list");
     }
     let token_key = String::from_utf8(data(&key, "token-rs256-secret-base64")).expect("utf-8");
-    let g = start_garretd(root.path(), &server_toml, &token_key);
+    let g = start_rendered_garretd(root.path(), &server_toml, &token_key);
     forwarder.point_at(&g.url);
     let s = status_where(&caches, "garretd answering, team not served", |s| {
         condition(s, "Ready")
