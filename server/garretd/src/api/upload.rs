@@ -252,7 +252,12 @@ async fn receive(
         .narinfos
         .invalidate(&(c.row.id, path.hash().to_string()));
     tracing::info!(cache = %name, path = %info.store_path, ?outcome, "path uploaded");
-    Ok(Json(match outcome {
+    Ok(Json(upload_result(outcome)))
+}
+
+/// What an upload answers (Attic's `UploadPathResult`), whichever route it came through.
+pub(super) fn upload_result(outcome: UploadOutcome) -> UploadPathResult {
+    match outcome {
         UploadOutcome::Deduplicated => UploadPathResult {
             kind: UploadPathResultKind::Deduplicated,
             file_size: None,
@@ -266,5 +271,5 @@ async fn receive(
             file_size: Some(file_size),
             frac_deduplicated,
         },
-    }))
+    }
 }

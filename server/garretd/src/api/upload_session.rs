@@ -26,14 +26,13 @@ use crate::error::{ServerError, ServerResult};
 use crate::store::parts::{
     effective_part_size, PartOutcome, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE, SESSION_TTL,
 };
-use crate::store::UploadOutcome;
 use garret_core::clock::unix_now;
 use garret_core::nix::Sha256Hash;
 use garret_core::upload_session::{
     num_parts, part_len, Capabilities, CreateSessionRequest, PartResult, Session, PART_HASH_HEADER,
     VERSION,
 };
-use garret_core::wire::{UploadPathNarInfo, UploadPathResult, UploadPathResultKind};
+use garret_core::wire::{UploadPathNarInfo, UploadPathResult};
 
 /// The capability probe: says nothing about any cache, so it needs no token.
 pub async fn capabilities() -> Json<Capabilities> {
@@ -323,19 +322,5 @@ pub async fn commit(
         .narinfos
         .invalidate(&(c.row.id, path.hash().to_string()));
     tracing::info!(cache = %row.cache_name, path = %info.store_path, session = %row.id, ?outcome, "path uploaded in parts");
-    Ok(Json(match outcome {
-        UploadOutcome::Deduplicated => UploadPathResult {
-            kind: UploadPathResultKind::Deduplicated,
-            file_size: None,
-            frac_deduplicated: None,
-        },
-        UploadOutcome::Uploaded {
-            file_size,
-            frac_deduplicated,
-        } => UploadPathResult {
-            kind: UploadPathResultKind::Uploaded,
-            file_size: Some(file_size),
-            frac_deduplicated,
-        },
-    }))
+    Ok(Json(super::upload::upload_result(outcome)))
 }
