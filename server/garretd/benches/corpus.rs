@@ -11,13 +11,16 @@
 //!   GARRET_CORPUS_MIB (default 160: MiB of files per version), GARRET_CORPUS_LEVELS (extra
 //!   zstd levels to compare, e.g. "1,5"), GARRET_BENCH_DIR (where data directories live)
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
+
+mod support;
+
+use support::{cpu_secs, env_usize, machine, start_server, token, Server};
 
 const MIB: f64 = (1u64 << 20) as f64;
 /// A store path of the corpus holds about this many bytes of files.
@@ -31,13 +34,6 @@ const SOURCES: &[(&str, &str, u64)] = &[
     ("text", "/usr/lib/python3.11", 10),
     ("text", "/usr/share/doc", 10),
 ];
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Regular files under `root`, in a stable order, until `budget` bytes.
 fn pick_files(root: &Path, budget: u64) -> Vec<PathBuf> {
@@ -156,74 +152,6 @@ fn build_nars(work: &Path, total_mib: u64, version: u32) -> Vec<PathBuf> {
         nars.push(nar);
     }
     nars
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(env: &[(&str, String)]) -> Server {
-    let data = match std::env::var_os("GARRET_BENCH_DIR") {
-        Some(dir) => tempfile::tempdir_in(dir).expect("tempdir"),
-        None => tempfile::tempdir().expect("tempdir"),
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_garretd"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("GARRETD_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn garretd");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("garretd listening on ") {
-                let _ = tx.send(url.trim_end_matches('/').to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("garretd listening");
-    Server { child, url, data }
-}
-
-fn token(s: &Server) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_garretd"))
-        .arg("--data-dir")
-        .arg(s.data.path())
-        .args(["make-token", "--sub", "bench", "--validity", "1 day"])
-        .args(["--pull", "*", "--push", "*", "--create-cache", "*"])
-        .output()
-        .expect("make-token");
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_string()
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
 }
 
 /// Bytes of every file under `dir` (the stored chunk packs).
@@ -402,17 +330,7 @@ fn main() {
         .iter()
         .map(|(name, env)| rt.block_on(measure(name, env, &v1, &v2)))
         .collect();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
-        .unwrap_or_default();
-    println!(
-        "machine: {} cores, {cpu}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
+    println!("machine: {}", machine());
     println!();
     println!("| garretd | stored / logical byte (v1+v2) | v2: new bytes / logical byte | v2 deduplicated | upload MB/s | download MB/s | CPU per MiB up |");
     println!("|---|---|---|---|---|---|---|");

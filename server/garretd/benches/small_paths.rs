@@ -16,31 +16,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
 use common::Garretd;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0 // USER_HZ
-}
+use support::{cpu_secs, env_usize, machine};
 
 /// A made-up path: its name, upload info and NAR.
 struct SmallPath {
@@ -332,16 +315,9 @@ fn main() {
     } else {
         "SQLite"
     };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
-        .unwrap_or_default();
     println!(
-        "machine: {} cores, {cpu}; database: {database}; {n} paths, {conns} connections",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
+        "machine: {}; database: {database}; {n} paths, {conns} connections",
+        machine()
     );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {

@@ -9,9 +9,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,89 +18,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
+use support::{cpu_secs, env_usize, machine, start_server, token, Server};
+
 const MIB: usize = 1 << 20;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    addr: String,
-    data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    // GARRET_BENCH_DIR=/dev/shm separates the server's speed from the disk's.
-    let data = match std::env::var_os("GARRET_BENCH_DIR") {
-        Some(dir) => tempfile::tempdir_in(dir).expect("tempdir"),
-        None => tempfile::tempdir().expect("tempdir"),
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_garretd"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("GARRETD_LOG", "warn")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn garretd");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("garretd listening on ") {
-                let _ = tx.send(url.trim_end_matches('/').to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("garretd listening");
-    let addr = url.trim_start_matches("http://").to_string();
-    Server {
-        child,
-        url,
-        addr,
-        data,
-    }
-}
-
-fn token(s: &Server) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_garretd"))
-        .arg("--data-dir")
-        .arg(s.data.path())
-        .args([
-            "make-token",
-            "--sub",
-            "bench",
-            "--validity",
-            "1 day",
-            "--pull",
-            "*",
-            "--push",
-            "*",
-            "--create-cache",
-            "*",
-        ])
-        .output()
-        .expect("make-token");
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_string()
-}
 
 fn vm_hwm_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -124,20 +43,6 @@ fn median(v: &[f64]) -> (f64, String) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     };
     (m, each.join(", "))
-}
-
-/// CPU seconds (user + system) a process has used so far: unlike wall time, this barely
-/// moves when something else shares the machine.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the parenthesised command name; utime and stime are the 12th and 13th
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
 /// The NAR of a single regular file of `size` noise bytes (the test harness's
@@ -298,7 +203,7 @@ fn main() {
     let repeat = env_usize("GARRET_BENCH_REPEAT", 3).max(1);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let s = start_server();
+        let s = start_server(&[]);
         let tok = token(&s);
         let http = reqwest::Client::new();
         let r = http
@@ -343,12 +248,7 @@ fn main() {
         let (big_down_s, _) = download(&http, &s, big_seed).await;
         let rss_big = vm_hwm_kib(s.child.id()) / 1024;
 
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
-            .unwrap_or_default();
-        println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        println!("machine: {}", machine());
         println!();
         println!("| measure | result | baseline (same run) | ratio |");
         println!("|---|---|---|---|");
