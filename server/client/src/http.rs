@@ -79,7 +79,8 @@ impl fmt::Display for ApiError {
                         "the server or a proxy in front of it refused the upload to {url} as too \
                          large (HTTP {what}); raise its body limit, e.g. nginx's \
                          client_max_body_size (0 = unlimited) or the Ingress annotation \
-                         nginx.ingress.kubernetes.io/proxy-body-size"
+                         nginx.ingress.kubernetes.io/proxy-body-size, or send large NARs in \
+                         smaller parts with `garret push --part-size` (e.g. 16MiB)"
                     );
                 }
                 write!(f, "HTTP {status} from {url}")?;
@@ -389,6 +390,7 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("client_max_body_size"), "{e}");
+        assert!(e.contains("--part-size"), "{e}");
         let e = ApiError::Plain {
             status: StatusCode::BAD_GATEWAY,
             url: url.clone(),
