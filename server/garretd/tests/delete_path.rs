@@ -150,16 +150,8 @@ async fn a_deleted_path_is_gone_at_once_and_gc_keeps_what_other_nars_share() {
 
 /// Status and JSON error name of a DELETE.
 async fn delete(api: &Api, token: Option<&str>, cache: &str, hash: &str) -> (StatusCode, String) {
-    let r = api
-        .send(
-            Method::DELETE,
-            &format!("_api/v1/cache/{cache}/path/{hash}"),
-            token,
-        )
-        .await;
-    let status = r.status();
-    let v: serde_json::Value = r.json().await.unwrap_or_default();
-    (status, v["error"].as_str().unwrap_or_default().to_string())
+    let path = format!("_api/v1/cache/{cache}/path/{hash}");
+    answer(api, Method::DELETE, &path, token, None).await
 }
 
 #[tokio::test]

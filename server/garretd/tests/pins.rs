@@ -302,24 +302,6 @@ async fn keep_n_releases_the_older_versions_and_gc_then_takes_them() {
     );
 }
 
-/// Status and JSON error name of a request.
-async fn answer(
-    api: &Api,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<serde_json::Value>,
-) -> (StatusCode, String) {
-    let mut r = api.req(method, path, token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("send");
-    let status = r.status();
-    let v: serde_json::Value = r.json().await.unwrap_or_default();
-    (status, v["error"].as_str().unwrap_or_default().to_string())
-}
-
 #[tokio::test]
 async fn pins_need_push_to_create_and_delete_to_release_and_hide_private_caches() {
     let g = Garretd::start();

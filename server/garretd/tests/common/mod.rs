@@ -401,6 +401,24 @@ pub struct Api {
     pub base: String,
 }
 
+/// Status and JSON error name (`error`) of a request, with an optional JSON body.
+pub async fn answer(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (reqwest::StatusCode, String) {
+    let mut r = api.req(method, path, token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.expect("send");
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    (status, v["error"].as_str().unwrap_or_default().to_string())
+}
+
 impl Api {
     pub fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
