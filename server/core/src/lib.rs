@@ -13,4 +13,5 @@ pub mod nix;
 pub mod pins;
 pub mod token;
 pub mod upload_session;
+pub mod upstream;
 pub mod wire;

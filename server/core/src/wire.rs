@@ -24,6 +24,11 @@ pub struct CacheConfig {
     pub upstream_cache_key_names: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_period: Option<RetentionPeriodConfig>,
+    /// Garret extension (docs/pull-through.md): upstream caches a miss is fetched from.
+    /// Only sent when the cache has some, so Attic's answer is unchanged otherwise; the
+    /// stock attic client ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<crate::upstream::Upstream>>,
 }
 
 /// `POST /_api/v1/cache-config/{cache}`: every field required.

@@ -63,6 +63,7 @@ pub fn plan(
             priority: d.priority,
             upstream_cache_key_names: d.upstream_cache_key_names.clone(),
             retention_period: retention,
+            upstreams: d.upstreams.clone(),
         })),
         Some((_, false)) => Ok(Action::LeaveAlone),
         Some((row, true)) => {
@@ -77,6 +78,7 @@ pub fn plan(
                 )
                 .map(|_| d.upstream_cache_key_names.clone()),
                 retention_period: differs(row.retention_period != retention).map(|_| retention),
+                upstreams: differs(row.upstreams != d.upstreams).map(|_| d.upstreams.clone()),
             };
             Ok(if patch.is_empty() {
                 Action::Unchanged
@@ -177,6 +179,7 @@ mod tests {
             upstream_cache_key_names: vec!["cache.nixos.org-1".into()],
             signing_key_file: None,
             signing_key_env: None,
+            upstreams: vec![],
         }
     }
 
@@ -190,6 +193,7 @@ mod tests {
             priority: 41,
             upstream_cache_key_names: vec!["cache.nixos.org-1".into()],
             retention_period: None,
+            upstreams: vec![],
         }
     }
 

@@ -44,6 +44,7 @@ pub async fn get_config(
             None => RetentionPeriodConfig::Global,
             Some(p) => RetentionPeriodConfig::Period(p.clamp(0, u32::MAX as i64) as u32),
         }),
+        upstreams: (!row.upstreams.is_empty()).then(|| row.upstreams.clone()),
     }))
 }
 
@@ -95,6 +96,7 @@ pub async fn create_cache(
             priority: req.priority,
             upstream_cache_key_names: req.upstream_cache_key_names,
             retention_period: None,
+            upstreams: Vec::new(),
         })
         .await?;
     state.forget_cache(name.as_str(), None);
@@ -124,6 +126,10 @@ pub async fn configure_cache(
     if let Some(dir) = &req.store_dir {
         check_store_dir(dir)?;
     }
+    if let Some(ups) = &req.upstreams {
+        garret_core::upstream::check_all(ups)
+            .map_err(|e| ServerError::request(format!("invalid upstreams: {e}")))?;
+    }
     let patch = CachePatch {
         keypair: req
             .keypair
@@ -138,6 +144,7 @@ pub async fn configure_cache(
             RetentionPeriodConfig::Global => None,
             RetentionPeriodConfig::Period(p) => Some(p as i64),
         }),
+        upstreams: req.upstreams,
     };
     if patch.is_empty() {
         return Err(ServerError::request("No modifiable fields were set."));

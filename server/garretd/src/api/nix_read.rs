@@ -59,16 +59,21 @@ pub async fn narinfo(
     let key = (c.row.id, hash.as_str().to_string());
     let text = match state.narinfos.get(&key) {
         Some(t) => t,
-        None => {
-            let obj = state
-                .db()
-                .find_object(c.row.id, hash.as_str())
-                .await?
-                .ok_or(ServerError::NoSuchObject)?;
-            let text: std::sync::Arc<str> = render_narinfo(&c, &obj)?.into();
-            state.narinfos.insert(key, text.clone());
-            text
-        }
+        None => match state.db().find_object(c.row.id, hash.as_str()).await? {
+            Some(obj) => {
+                let text: std::sync::Arc<str> = render_narinfo(&c, &obj)?.into();
+                state.narinfos.insert(key, text.clone());
+                text
+            }
+            // Pull-through: an upstream's verified answer, signed by this cache; not
+            // remembered here, so the stored object's narinfo takes over once it exists.
+            None => match state.pull_through.lookup(&c, hash.as_str()).await {
+                Some(found) => {
+                    crate::upstream::render_pending(&c, &found, local_compression(&state)?)?.into()
+                }
+                None => return Err(ServerError::NoSuchObject),
+            },
+        },
     };
     let resp = (
         [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
@@ -152,11 +157,10 @@ pub async fn nar(
     // our own `<store path hash>.nar` names is simply absent.
     let hash = parse_file(&file, "nar").map_err(|_| ServerError::NotFound)?;
     let c = authorize(&state, &caller, name.as_str(), |p| p.pull).await?;
-    let obj = state
-        .db()
-        .find_object(c.row.id, hash.as_str())
-        .await?
-        .ok_or(ServerError::NoSuchObject)?;
+    let obj = match state.db().find_object(c.row.id, hash.as_str()).await? {
+        Some(obj) => obj,
+        None => return pull_nar(&state, c, hash.as_str(), &method).await,
+    };
     let stream = state.store.open_nar(obj.nar_id).await?;
     if method != Method::HEAD {
         let db = state.db().clone();
@@ -172,4 +176,58 @@ pub async fn nar(
         .body(Body::from_stream(stream))
         .map_err(ServerError::internal)?;
     Ok(with_visibility(resp, &c))
+}
+
+fn local_compression(state: &SharedState) -> ServerResult<crate::store::Compression> {
+    crate::store::Compression::from_config(&state.config.compression).map_err(ServerError::internal)
+}
+
+/// A NAR this cache does not hold: fetched from an upstream that has it (the first request
+/// streams it, concurrent ones wait for the commit and are served from here), else 404.
+async fn pull_nar(
+    state: &SharedState,
+    c: std::sync::Arc<CacheEntry>,
+    hash: &str,
+    method: &Method,
+) -> ServerResult<Response> {
+    use crate::upstream::Pull;
+    let found = state
+        .pull_through
+        .lookup(&c, hash)
+        .await
+        .ok_or(ServerError::NoSuchObject)?;
+    let nar = |body: Body| {
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/x-nix-nar")
+            .body(body)
+            .map_err(ServerError::internal)
+    };
+    // A HEAD says it is there without starting a fetch.
+    if method == Method::HEAD {
+        return Ok(with_visibility(nar(Body::empty())?, &c));
+    }
+    match state
+        .pull_through
+        .pull(&state.store, c.clone(), found)
+        .await
+    {
+        Pull::Leader(stream) => {
+            let body = crate::upstream::client_body(stream, local_compression(state)?);
+            Ok(with_visibility(nar(body)?, &c))
+        }
+        Pull::Finished => {
+            let obj = state
+                .db()
+                .find_object(c.row.id, hash)
+                .await?
+                .ok_or_else(|| {
+                    ServerError::Unavailable(
+                        "fetching this path from the upstream failed; please retry".into(),
+                    )
+                })?;
+            let stream = state.store.open_nar(obj.nar_id).await?;
+            Ok(with_visibility(nar(Body::from_stream(stream))?, &c))
+        }
+    }
 }

@@ -30,6 +30,8 @@ pub struct AppState {
     caches: Cache<String, Option<Arc<CacheEntry>>>,
     /// (cache id, store path hash) → narinfo text, already signed.
     pub narinfos: Cache<(i64, String), Arc<str>>,
+    /// Upstream lookups and fetches of pull-through caches.
+    pub pull_through: crate::upstream::PullThrough,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -41,6 +43,8 @@ const TOKEN_TTL: Duration = Duration::from_secs(60);
 
 impl AppState {
     pub fn new(config: Config, store: Store, verifier: Verifier) -> SharedState {
+        let pull_through =
+            crate::upstream::PullThrough::new(&config.pull_through, config.max_nar_info_size);
         Arc::new(AppState {
             verifier: verifier.with_leeway(config.jwt.leeway),
             config,
@@ -59,6 +63,7 @@ impl AppState {
                 .time_to_live(NARINFO_TTL)
                 .support_invalidation_closures()
                 .build(),
+            pull_through,
         })
     }
 

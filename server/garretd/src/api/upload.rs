@@ -62,6 +62,8 @@ pub async fn get_missing_paths(
         .db()
         .missing_paths(c.row.id, &req.store_path_hashes)
         .await?;
+    // Pull-through: what an upstream has is fetched on demand, so it needs no upload.
+    let missing = state.pull_through.still_missing(&c, missing).await;
     Ok(Json(GetMissingPathsResponse {
         missing_paths: missing,
     }))

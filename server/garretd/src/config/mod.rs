@@ -52,6 +52,65 @@ pub struct Config {
     /// the file changes (`[[caches]]` tables).
     #[serde(default)]
     pub caches: Vec<DeclaredCache>,
+    /// Garret: how upstreams of pull-through caches are asked (`[pull-through]`).
+    #[serde(default)]
+    pub pull_through: PullThroughConfig,
+}
+
+/// Limits for asking upstream caches (docs/pull-through.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PullThroughConfig {
+    /// How long "no upstream has it" (or "the upstreams failed") is remembered.
+    #[serde(default = "default_negative_ttl", with = "duration::serde_humantime")]
+    pub negative_ttl: Duration,
+    /// Connecting, and a whole narinfo request.
+    #[serde(
+        default = "default_upstream_timeout",
+        with = "duration::serde_humantime"
+    )]
+    pub timeout: Duration,
+    /// The longest silence while a NAR streams in before the fetch is given up.
+    #[serde(
+        default = "default_upstream_read_timeout",
+        with = "duration::serde_humantime"
+    )]
+    pub read_timeout: Duration,
+    /// Upstream narinfo lookups in flight for one get-missing-paths call.
+    #[serde(default = "default_lookup_concurrency")]
+    pub lookup_concurrency: usize,
+    /// At most this many paths of one get-missing-paths call are asked upstream; the rest
+    /// are reported missing (uploaded), which is always correct, only slower.
+    #[serde(default = "default_max_lookups")]
+    pub max_lookups_per_query: usize,
+}
+
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_upstream_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_lookup_concurrency() -> usize {
+    16
+}
+fn default_max_lookups() -> usize {
+    2000
+}
+
+impl Default for PullThroughConfig {
+    fn default() -> Self {
+        PullThroughConfig {
+            negative_ttl: default_negative_ttl(),
+            timeout: default_upstream_timeout(),
+            read_timeout: default_upstream_read_timeout(),
+            lookup_concurrency: default_lookup_concurrency(),
+            max_lookups_per_query: default_max_lookups(),
+        }
+    }
 }
 
 /// A cache as configuration declares it. Unset fields keep their current value (or the
@@ -75,6 +134,9 @@ pub struct DeclaredCache {
     pub signing_key_file: Option<PathBuf>,
     /// An environment variable holding the keypair instead.
     pub signing_key_env: Option<String>,
+    /// Garret: upstream caches a miss is fetched from (docs/pull-through.md).
+    #[serde(default)]
+    pub upstreams: Vec<garret_core::upstream::Upstream>,
 }
 
 fn default_priority() -> i32 {
@@ -448,6 +510,10 @@ impl Config {
         if c.max_size > 16 << 20 {
             bail!("[chunking] max-size above 16 MiB is not supported (chunks are held in memory)");
         }
+        let p = &self.pull_through;
+        if p.timeout.is_zero() || p.read_timeout.is_zero() || p.lookup_concurrency == 0 {
+            bail!("[pull-through] timeouts and lookup-concurrency must be above zero");
+        }
         let mut names = std::collections::HashSet::new();
         for c in &self.caches {
             garret_core::cache_name::CacheName::parse(&c.name)?;
@@ -456,6 +522,8 @@ impl Config {
             }
             garret_core::nix::fields::validate_store_dir(&c.store_dir)
                 .with_context(|| format!("cache {:?}: invalid store-dir", c.name))?;
+            garret_core::upstream::check_all(&c.upstreams)
+                .with_context(|| format!("cache {:?}: invalid upstreams", c.name))?;
             if c.signing_key_file.is_some() && c.signing_key_env.is_some() {
                 bail!(
                     "cache {:?}: set signing-key-file or signing-key-env, not both",

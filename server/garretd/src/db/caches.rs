@@ -3,6 +3,7 @@
 use sqlx::any::AnyRow;
 
 use garret_core::clock::unix_now;
+use garret_core::upstream::Upstream;
 
 use super::{get, Ctx, Database, DbResult};
 
@@ -18,6 +19,8 @@ pub struct CacheRow {
     pub upstream_cache_key_names: Vec<String>,
     /// Seconds; `None` = use the global default.
     pub retention_period: Option<i64>,
+    /// Pull-through upstreams, as stored (checked when written).
+    pub upstreams: Vec<Upstream>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +34,7 @@ pub struct NewCache {
     pub priority: i32,
     pub upstream_cache_key_names: Vec<String>,
     pub retention_period: Option<i64>,
+    pub upstreams: Vec<Upstream>,
 }
 
 /// A partial update; `None` leaves a column as it is. `retention_period: Some(None)` resets
@@ -43,6 +47,7 @@ pub struct CachePatch {
     pub priority: Option<i32>,
     pub upstream_cache_key_names: Option<Vec<String>>,
     pub retention_period: Option<Option<i64>>,
+    pub upstreams: Option<Vec<Upstream>>,
 }
 
 impl CachePatch {
@@ -53,11 +58,12 @@ impl CachePatch {
             && self.priority.is_none()
             && self.upstream_cache_key_names.is_none()
             && self.retention_period.is_none()
+            && self.upstreams.is_none()
     }
 }
 
 const COLUMNS: &str =
-    "id, name, keypair, is_public, store_dir, priority, upstream_cache_key_names, retention_period";
+    "id, name, keypair, is_public, store_dir, priority, upstream_cache_key_names, retention_period, upstreams";
 
 fn from_row(row: &AnyRow) -> DbResult<CacheRow> {
     let upstream: String = get(row, "upstream_cache_key_names")?;
@@ -70,6 +76,7 @@ fn from_row(row: &AnyRow) -> DbResult<CacheRow> {
         priority: get::<i64>(row, "priority")? as i32,
         upstream_cache_key_names: serde_json::from_str(&upstream).unwrap_or_default(),
         retention_period: get(row, "retention_period")?,
+        upstreams: serde_json::from_str(&get::<String>(row, "upstreams")?).unwrap_or_default(),
     })
 }
 
@@ -113,8 +120,8 @@ impl Database {
     pub async fn create_cache(&self, c: &NewCache) -> DbResult<bool> {
         let _w = self.write_gate().await;
         let res = sqlx::query(
-            "INSERT INTO caches (name, keypair, is_public, store_dir, priority, upstream_cache_key_names, created_at, declared, retention_period)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO caches (name, keypair, is_public, store_dir, priority, upstream_cache_key_names, created_at, declared, retention_period, upstreams)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&c.name)
         .bind(&c.keypair)
@@ -125,6 +132,7 @@ impl Database {
         .bind(unix_now())
         .bind(c.declared as i64)
         .bind(c.retention_period)
+        .bind(upstreams_json(&c.upstreams))
         .execute(self.pool())
         .await
         .ctx("creating a cache")?;
@@ -158,6 +166,9 @@ impl Database {
         if p.retention_period.is_some() {
             col("retention_period", &mut sets);
         }
+        if p.upstreams.is_some() {
+            col("upstreams", &mut sets);
+        }
         if sets.is_empty() {
             return Ok(true);
         }
@@ -184,6 +195,9 @@ impl Database {
         if let Some(v) = p.retention_period {
             q = q.bind(v);
         }
+        if let Some(v) = &p.upstreams {
+            q = q.bind(upstreams_json(v));
+        }
         let res = q.execute(self.pool()).await.ctx("updating a cache")?;
         Ok(res.rows_affected() == 1)
     }
@@ -209,5 +223,9 @@ impl Database {
 }
 
 fn json(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn upstreams_json(v: &[Upstream]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
