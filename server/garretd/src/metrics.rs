@@ -50,6 +50,8 @@ pub struct Metrics {
     pub nar_read_buffer_budget: Gauge,
     pub uploads_in_progress: Family<UploadLabels, Gauge>,
     pub declared_config_applied: Gauge,
+    /// Pushed revocations the mounted list does not carry yet (api/revocations.rs).
+    pub revocations_held: Gauge,
     /// Resumable uploads (store/parts.rs): parts staged, parts sent again (no-ops), and
     /// sessions GC removed unfinished.
     pub upload_parts_stored: Counter,
@@ -186,6 +188,13 @@ impl Metrics {
                 "declared_config_applied",
                 "1 when every cache the config file declares is applied as declared, 0 while \
                  some are not (the file is invalid, or a key file is missing; retried with backoff)",
+                Gauge::default(),
+            ),
+            revocations_held: add(
+                &mut r,
+                "revocations_held",
+                "Revocations pushed by the operator that the mounted revocation list does not \
+                 carry yet; they are honoured meanwhile (stays above 0 if the file never updates)",
                 Gauge::default(),
             ),
             upload_parts_stored: add(

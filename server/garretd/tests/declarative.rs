@@ -308,6 +308,113 @@ async fn revoked_tokens_are_refused_within_seconds() {
     .await;
 }
 
+/// The operator's push (`POST /_api/v1/revocations`): refused without the server right
+/// before the body is read, effective on the very next request, held until the mounted
+/// file carries the entry, after which the file decides again.
+#[tokio::test]
+async fn pushed_revocations_apply_at_once_and_the_file_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("revoked");
+    std::fs::write(&list, "").unwrap();
+    let g = Garretd::start_with(
+        Some(&format!(
+            "[jwt]\nrevocation-list = \"{}\"\n",
+            list.display()
+        )),
+        &[],
+    );
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, "c", false).await.status(),
+        StatusCode::OK
+    );
+    let alice = g.token("alice", "1 hour", &["--pull", "c"]);
+    let carol = g.token("carol", "1 hour", &["--pull", "c"]);
+    let pusher = g.token("garret-operator", "2 minutes", &["--push-revocations"]);
+    let exp = garret_core::clock::unix_now() + 3600;
+    let entry = format!("{} {exp}  # default/alice Deleted\n", jti_of(&alice));
+    let push = |token: Option<String>, body: Vec<u8>| {
+        let api = api.clone();
+        async move {
+            let r = api
+                .req(
+                    reqwest::Method::POST,
+                    "_api/v1/revocations",
+                    token.as_deref(),
+                )
+                .body(body)
+                .send()
+                .await
+                .expect("send");
+            let status = r.status();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+
+    // No token, a cache admin's token, the pusher's token gone bad: 401, nothing revoked.
+    let mut forged = pusher.clone();
+    forged.pop();
+    for token in [None, Some(admin.clone()), Some(alice.clone()), Some(forged)] {
+        let (status, _) = push(token, entry.clone().into_bytes()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(api.cache_config(Some(&alice), "c").await.0, StatusCode::OK);
+    // Too large, not UTF-8: refused, nothing revoked.
+    let (status, _) = push(Some(pusher.clone()), vec![b'x'; 3 << 20]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _) = push(Some(pusher.clone()), vec![0xff, 0xfe, b'\n']).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(api.cache_config(Some(&alice), "c").await.0, StatusCode::OK);
+
+    // The push is in effect when its answer arrives: no polling in between.
+    let (status, body) = push(Some(pusher.clone()), entry.clone().into_bytes()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["received"].as_u64(), body["held"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let (status, body) = api.cache_config(Some(&alice), "c").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    assert_eq!(api.cache_config(Some(&carol), "c").await.0, StatusCode::OK);
+    assert_eq!(api.metric("garret_revocations_held").await, Some(1.0));
+    // The file (not yet synced) re-read for another reason keeps the pushed entry.
+    std::fs::write(&list, "unrelated-jti\n").unwrap();
+    eventually(PATIENCE, "the file's own entry is read", || async {
+        let unrelated = api.cache_config(Some(&carol), "c").await.0 == StatusCode::OK;
+        unrelated && g.logged("revocation list reloaded")
+    })
+    .await;
+    assert_eq!(
+        api.cache_config(Some(&alice), "c").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The kubelet delivers the file: the entry is no longer held ...
+    std::fs::write(&list, &entry).unwrap();
+    eventually(PATIENCE, "the file carries the pushed entry", || async {
+        api.metric("garret_revocations_held").await == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        api.cache_config(Some(&alice), "c").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // ... so the file decides: taking the line out by hand un-revokes, as before.
+    std::fs::write(&list, "").unwrap();
+    eventually(PATIENCE, "alice is allowed again", || async {
+        api.cache_config(Some(&alice), "c").await.0 == StatusCode::OK
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn two_replicas_act_as_one_cache() {
     let g = Garretd::start_with(Some("[[caches]]\nname = \"shared\"\n\n[garbage-collection]\ninterval = 0\norphan-grace-period = 0\n"), &[]);

@@ -12,6 +12,25 @@ use super::{CachePattern, Permission};
 /// Claim name of Attic's private claim (namespaced for Auth0 compatibility).
 pub const ATTIC_NAMESPACE: &str = "https://jwt.attic.rs/v1";
 
+/// Claim name of Garret's own server-wide rights (absent from every token Attic mints).
+pub const GARRET_NAMESPACE: &str = "https://garret.dev/v1";
+
+/// Server-wide rights, beyond Attic's per-cache permissions. Only whoever holds the signing
+/// key can grant them, and that holder can already mint any cache permission, so they add no
+/// power over the key; they let a short-lived operator token do one job and nothing else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerRights {
+    /// `push-revocations`: add entries to the in-memory revocation list
+    /// (`POST /_api/v1/revocations`), so a revocation applies before a mounted list updates.
+    pub push_revocations: bool,
+}
+
+impl ServerRights {
+    pub fn is_empty(&self) -> bool {
+        *self == ServerRights::default()
+    }
+}
+
 /// The `aud` claim: RFC 7519 allows a single string or an array of strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
@@ -88,6 +107,8 @@ pub struct Claims {
     pub aud: Option<Audience>,
     pub jti: Option<String>,
     pub caches: Vec<(CachePattern, Permission)>,
+    /// [`GARRET_NAMESPACE`]; serialized only when it grants something.
+    pub server: ServerRights,
 }
 
 impl Claims {
@@ -161,7 +182,56 @@ impl Serialize for Claims {
             map.serialize_entry("jti", v)?;
         }
         map.serialize_entry(ATTIC_NAMESPACE, &NamespaceRef(&self.caches))?;
+        if !self.server.is_empty() {
+            map.serialize_entry(GARRET_NAMESPACE, &ServerRightsRef(self.server))?;
+        }
         map.end()
+    }
+}
+
+/// The value stored under [`GARRET_NAMESPACE`]: `{"push-revocations": true}`.
+struct ServerRightsRef(ServerRights);
+
+impl Serialize for ServerRightsRef {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("push-revocations", &self.0.push_revocations)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerRights {
+    /// An object; a right is granted only by the boolean `true`, other members are ignored
+    /// (later versions may add rights), a repeated member is refused.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RightsVisitor;
+
+        impl<'de> Visitor<'de> for RightsVisitor {
+            type Value = ServerRights;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of server rights")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ServerRights, A::Error> {
+                let mut push_revocations: Option<bool> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "push-revocations" {
+                        if push_revocations.is_some() {
+                            return Err(de::Error::duplicate_field("push-revocations"));
+                        }
+                        push_revocations = Some(map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(ServerRights {
+                    push_revocations: push_revocations.unwrap_or(false),
+                })
+            }
+        }
+
+        deserializer.deserialize_map(RightsVisitor)
     }
 }
 
@@ -307,6 +377,7 @@ impl<'de> Deserialize<'de> for Claims {
                 let mut aud = None;
                 let mut jti = None;
                 let mut attic: Option<Namespace> = None;
+                let mut server: Option<ServerRights> = None;
                 // A claim we interpret must appear once; otherwise which copy counts would be
                 // a parser detail an attacker could play with.
                 let mut seen: Vec<String> = Vec::new();
@@ -314,7 +385,15 @@ impl<'de> Deserialize<'de> for Claims {
                 while let Some(key) = map.next_key::<String>()? {
                     let known = matches!(
                         key.as_str(),
-                        "sub" | "exp" | "nbf" | "iat" | "iss" | "aud" | "jti" | ATTIC_NAMESPACE
+                        "sub"
+                            | "exp"
+                            | "nbf"
+                            | "iat"
+                            | "iss"
+                            | "aud"
+                            | "jti"
+                            | ATTIC_NAMESPACE
+                            | GARRET_NAMESPACE
                     );
                     if known {
                         if seen.contains(&key) {
@@ -332,6 +411,7 @@ impl<'de> Deserialize<'de> for Claims {
                         "jti" => jti = next_optional(&mut map)?,
                         // Mandatory and must be an object; `null` is not "absent" here.
                         ATTIC_NAMESPACE => attic = Some(map.next_value::<Namespace>()?),
+                        GARRET_NAMESPACE => server = next_optional(&mut map)?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -349,6 +429,7 @@ impl<'de> Deserialize<'de> for Claims {
                     aud,
                     jti,
                     caches,
+                    server: server.unwrap_or_default(),
                 })
             }
         }
@@ -481,6 +562,43 @@ mod tests {
     }
 
     #[test]
+    fn server_rights_need_a_literal_true_and_round_trip() {
+        let attic = r#""https://jwt.attic.rs/v1":{"caches":{}}"#;
+        let granted = parse(&format!(
+            r#"{{{attic},"https://garret.dev/v1":{{"push-revocations":true,"later":1}}}}"#
+        ))
+        .unwrap();
+        assert!(granted.server.push_revocations);
+        let text = serde_json::to_string(&granted).unwrap();
+        assert_eq!(parse(&text).unwrap(), granted);
+
+        for none in [
+            format!("{{{attic}}}"),
+            format!(r#"{{{attic},"https://garret.dev/v1":null}}"#),
+            format!(r#"{{{attic},"https://garret.dev/v1":{{}}}}"#),
+            format!(r#"{{{attic},"https://garret.dev/v1":{{"push-revocations":false}}}}"#),
+        ] {
+            let c = parse(&none).unwrap();
+            assert!(!c.server.push_revocations, "{none}");
+            // Nothing granted: nothing written, so Attic-shaped tokens stay as they were.
+            assert!(!serde_json::to_string(&c).unwrap().contains("garret.dev"));
+        }
+        for bad in [
+            format!(r#"{{{attic},"https://garret.dev/v1":{{"push-revocations":1}}}}"#),
+            format!(r#"{{{attic},"https://garret.dev/v1":{{"push-revocations":"true"}}}}"#),
+            format!(r#"{{{attic},"https://garret.dev/v1":[]}}"#),
+            format!(
+                r#"{{{attic},"https://garret.dev/v1":{{"push-revocations":false,"push-revocations":true}}}}"#
+            ),
+            format!(
+                r#"{{{attic},"https://garret.dev/v1":{{}},"https://garret.dev/v1":{{"push-revocations":true}}}}"#
+            ),
+        ] {
+            assert!(parse(&bad).is_err(), "{bad} must fail");
+        }
+    }
+
+    #[test]
     fn null_standard_claims_are_absent() {
         let c =
             parse(r#"{"sub":null,"exp":null,"aud":null,"https://jwt.attic.rs/v1":{"caches":{}}}"#)
@@ -546,6 +664,7 @@ mod tests {
                 (CachePattern::parse("zz").unwrap(), perm("r")),
                 (CachePattern::parse("aa-*").unwrap(), perm("w,cd")),
             ],
+            server: ServerRights::default(),
         };
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use jsonwebtoken::Header;
 
-use super::{Audience, CachePattern, Claims, Error, Permission, Result, SigningKey, TokenKeys};
+use super::{
+    Audience, CachePattern, Claims, Error, Permission, Result, ServerRights, SigningKey, TokenKeys,
+};
 
 /// Sign `claims` with `key`. Fails for a verify-only key.
 ///
@@ -66,6 +68,8 @@ pub struct MakeToken {
     pub issuer: Option<String>,
     /// `[jwt] token-bound-audiences`, stamped as an `aud` array.
     pub audiences: Option<Vec<String>>,
+    /// Garret's server-wide rights (the operator's revocation pushes); none by default.
+    pub server: ServerRights,
 }
 
 impl MakeToken {
@@ -152,6 +156,7 @@ impl MakeToken {
             aud: self.audiences.clone().map(Audience::Many),
             jti: Some(jti),
             caches,
+            server: self.server,
         })
     }
 

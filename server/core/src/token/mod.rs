@@ -18,12 +18,14 @@ mod testkeys;
 
 use sha2::{Digest, Sha256};
 
-pub use claims::{Audience, Claims, ATTIC_NAMESPACE};
+pub use claims::{Audience, Claims, ServerRights, ATTIC_NAMESPACE, GARRET_NAMESPACE};
 pub use key::{generate_hs256, generate_rs256, Algorithm, SigningKey, TokenKeys};
 pub use mint::{mint, new_jti, parse_validity, MakeToken};
 pub use pattern::CachePattern;
 pub use permission::Permission;
-pub use revocation::{parse_entries, Entry as RevocationEntry, RevocationList};
+pub use revocation::{
+    parse_entries, settle as settle_revocations, Entry as RevocationEntry, RevocationList,
+};
 pub use verify::{Rejection, Verifier};
 
 /// Failures while loading keys, building or minting tokens.

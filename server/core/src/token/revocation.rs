@@ -79,12 +79,38 @@ pub struct RevocationList {
 
 impl RevocationList {
     pub fn parse(text: &str) -> RevocationList {
+        RevocationList::from_entries(&parse_entries(text))
+    }
+
+    /// The list of `entries` (ids as [`parse_entries`] yields them).
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> RevocationList {
         let mut list = RevocationList::default();
-        for entry in parse_entries(text) {
-            match entry.id.strip_prefix("sub:") {
-                Some(sub) => list.subjects.insert(sub.trim().to_string()),
-                None => list.jtis.insert(entry.id),
-            };
+        for entry in entries {
+            list.add(entry);
+        }
+        list
+    }
+
+    fn add(&mut self, entry: &Entry) {
+        match entry.id.strip_prefix("sub:") {
+            Some(sub) => self.subjects.insert(sub.trim().to_string()),
+            None => self.jtis.insert(entry.id.clone()),
+        };
+    }
+
+    /// Whether `entry`'s id (a `jti` or `sub:<subject>`) is on this list.
+    pub fn contains(&self, entry: &Entry) -> bool {
+        match entry.id.strip_prefix("sub:") {
+            Some(sub) => self.subjects.contains(sub.trim()),
+            None => self.jtis.contains(&entry.id),
+        }
+    }
+
+    /// This list plus `entries`.
+    pub fn with<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) -> RevocationList {
+        let mut list = self.clone();
+        for entry in entries {
+            list.add(entry);
         }
         list
     }
@@ -104,6 +130,25 @@ impl RevocationList {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Pushed entries still to be honoured once the mounted list reads `file` at `now`.
+///
+/// A pushed entry (the operator's `POST /_api/v1/revocations`, sent because a kubelet may take
+/// a minute to update a mounted ConfigMap) is held until the file has it — from then on the
+/// file decides, so removing a line by hand un-revokes as before — or until its token has
+/// expired and needs no list. `pushed` is merged in, first occurrence of an id kept.
+pub fn settle(held: Vec<Entry>, pushed: Vec<Entry>, file: &RevocationList, now: i64) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::with_capacity(held.len() + pushed.len());
+    let mut seen = RevocationList::default();
+    for entry in held.into_iter().chain(pushed) {
+        if entry.expired(now) || file.contains(&entry) || seen.contains(&entry) {
+            continue;
+        }
+        seen.add(&entry);
+        out.push(entry);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -183,5 +228,48 @@ mod tests {
             comment: String::new(),
         };
         assert_eq!(bare.render(), "x");
+    }
+
+    fn entry(id: &str, exp: Option<i64>) -> Entry {
+        Entry {
+            id: id.into(),
+            exp,
+            comment: String::new(),
+        }
+    }
+
+    #[test]
+    fn pushed_entries_are_held_until_the_file_has_them_or_they_expire() {
+        let now = 1_000;
+        let file = RevocationList::parse("in-file 2000\nsub:eve\n");
+        let pushed = vec![
+            entry("new", Some(2_000)),
+            entry("in-file", Some(2_000)),
+            entry("sub:eve", None),
+            entry("sub:mallory", None),
+            entry("expired", Some(now)),
+            entry("new", Some(2_000)),
+        ];
+        let held = settle(Vec::new(), pushed, &file, now);
+        let ids: Vec<&str> = held.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["new", "sub:mallory"]);
+
+        // The effective list honours both; a later push merges with what is held.
+        let effective = file.with(&held);
+        assert!(effective.is_revoked(&claims("alice", "new")));
+        assert!(effective.is_revoked(&claims("mallory", "x")));
+        assert!(effective.is_revoked(&claims("alice", "in-file")));
+        let held = settle(held, vec![entry("newer", Some(3_000))], &file, now);
+        assert_eq!(held.len(), 3);
+
+        // Once the file carries an entry, the file decides: held no longer.
+        let file = RevocationList::parse("new 2000\n");
+        let held = settle(held, Vec::new(), &file, now);
+        let ids: Vec<&str> = held.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["sub:mallory", "newer"]);
+        // And past its token's expiry an entry is dropped, file or not.
+        let held = settle(held, Vec::new(), &RevocationList::default(), 3_000);
+        let ids: Vec<&str> = held.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["sub:mallory"]);
     }
 }

@@ -11,6 +11,7 @@ mod home;
 mod nix_read;
 mod nix_upload;
 mod pins;
+mod revocations;
 pub mod state;
 mod upload;
 mod upload_session;
@@ -47,6 +48,7 @@ pub fn router(state: SharedState) -> Router {
             post(upload::get_missing_paths),
         )
         .route("/_api/v1/upload-path", put(upload::upload_path))
+        .route("/_api/v1/revocations", post(revocations::push))
         .route(
             "/_api/v1/upload-session",
             get(upload_session::capabilities).post(upload_session::create),

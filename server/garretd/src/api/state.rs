@@ -11,7 +11,9 @@ use crate::db::{CacheRow, Database};
 use crate::error::ServerResult;
 use crate::store::Store;
 use garret_core::nix::signing::Keypair;
-use garret_core::token::{Claims, Rejection, RevocationList, Verifier};
+use garret_core::token::{
+    settle_revocations as settle, Claims, Rejection, RevocationEntry, RevocationList, Verifier,
+};
 
 /// A cache row with its keypair parsed once.
 #[derive(Debug)]
@@ -24,8 +26,11 @@ pub struct AppState {
     pub config: Config,
     pub store: Store,
     pub verifier: Verifier,
-    /// Replaced whole when the revocation file changes.
+    /// What requests are checked against: the file's list plus the pushed entries it does
+    /// not have yet. Replaced whole when either changes.
     revoked: std::sync::RwLock<Arc<RevocationList>>,
+    /// The file's list and the pushed entries held (see `token::revocation::settle`).
+    revocation_sources: std::sync::Mutex<(RevocationList, Vec<RevocationEntry>)>,
     tokens: Cache<[u8; 32], Result<Arc<Claims>, Rejection>>,
     caches: Cache<String, Option<Arc<CacheEntry>>>,
     /// (cache id, store path hash) → narinfo text, already signed.
@@ -50,6 +55,7 @@ impl AppState {
             config,
             store,
             revoked: Default::default(),
+            revocation_sources: Default::default(),
             tokens: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(TOKEN_TTL)
@@ -105,10 +111,39 @@ impl AppState {
         verdict
     }
 
+    /// The revocation file was (re)read.
     pub fn set_revocations(&self, list: RevocationList) {
-        if let Ok(mut r) = self.revoked.write() {
-            *r = Arc::new(list);
+        self.update_revocations(Some(list), Vec::new());
+    }
+
+    /// Entries pushed by the operator; returns how many pushed entries the file does not
+    /// have yet (held in memory until it does, or their token expires).
+    pub fn push_revocations(&self, entries: Vec<RevocationEntry>) -> usize {
+        self.update_revocations(None, entries)
+    }
+
+    fn update_revocations(
+        &self,
+        file: Option<RevocationList>,
+        pushed: Vec<RevocationEntry>,
+    ) -> usize {
+        let Ok(mut sources) = self.revocation_sources.lock() else {
+            return 0;
+        };
+        let (file_list, held) = &mut *sources;
+        if let Some(list) = file {
+            *file_list = list;
         }
+        let now = garret_core::clock::unix_now();
+        *held = settle(std::mem::take(held), pushed, file_list, now);
+        let effective = Arc::new(file_list.with(held.iter()));
+        if let Ok(mut r) = self.revoked.write() {
+            *r = effective;
+        }
+        crate::metrics::METRICS
+            .revocations_held
+            .set(i64::try_from(held.len()).unwrap_or(i64::MAX));
+        held.len()
     }
 
     /// A live cache by name, from memory when recently seen.

@@ -94,6 +94,10 @@ struct MakeTokenArgs {
     /// Cache name pattern the token may destroy. Repeatable.
     #[arg(long, value_name = "PATTERN")]
     destroy_cache: Vec<String>,
+    /// Server right: push revocation entries (`POST /_api/v1/revocations`), as the operator
+    /// does; grants nothing on any cache.
+    #[arg(long)]
+    push_revocations: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -193,6 +197,9 @@ fn make_token(cfg: &Config, a: MakeTokenArgs) -> anyhow::Result<()> {
         destroy_cache: a.destroy_cache,
         issuer: cfg.jwt.token_bound_issuer.clone(),
         audiences: cfg.jwt.token_bound_audiences.clone(),
+        server: garret_core::token::ServerRights {
+            push_revocations: a.push_revocations,
+        },
     };
     let claims = req.claims(garret_core::clock::unix_now(), new_jti())?;
     if a.dump_claims {
