@@ -14,6 +14,7 @@ pub mod error;
 pub mod gc;
 pub mod listener;
 pub mod metrics;
+pub mod oidc;
 pub mod secrets;
 pub mod server;
 pub mod store;

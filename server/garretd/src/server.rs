@@ -48,6 +48,9 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<(SharedState, crate::dec
     let store = Store::new(&cfg, db, storage)?;
     let state = AppState::new(cfg, store, verifier);
     state.set_revocations(revoked);
+    state.set_oidc(
+        crate::oidc::OidcKeys::load(&state.config.jwt.oidc, state.config.jwt.leeway).verifier(),
+    );
     Ok((state, declared))
 }
 

@@ -106,6 +106,7 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
         next_try: Instant::now() + RETRY_FIRST,
     };
     declared.publish();
+    let mut oidc = crate::oidc::OidcKeys::load(&state.config.jwt.oidc, state.config.jwt.leeway);
     tokio::spawn(async move {
         let mut config_seen = source.file.as_deref().and_then(digest);
         let mut revocation_path: Option<PathBuf> = state.config.jwt.revocation_list.clone();
@@ -113,6 +114,7 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
         loop {
             tokio::time::sleep(POLL).await;
             let mut changed = false;
+            let mut new_oidc = None;
             if let Some(file) = &source.file {
                 let now = digest(file);
                 if now.is_some() && now != config_seen {
@@ -120,6 +122,7 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
                     match Config::load(&source) {
                         Ok(cfg) => {
                             declared.caches = cfg.caches.clone();
+                            new_oidc = Some(cfg.jwt.oidc.clone());
                             declared.file_valid = true;
                             changed = true;
                             if cfg.jwt.revocation_list != revocation_path {
@@ -143,6 +146,7 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
             if changed || retry {
                 declared.apply(&state).await;
             }
+            oidc.poll(&state, new_oidc.as_deref());
             if let Some(path) = &revocation_path {
                 let now = digest(path);
                 if now.is_some() && now != revocation_seen {

@@ -8,6 +8,7 @@
 mod claims;
 mod key;
 mod mint;
+mod oidc;
 mod pattern;
 mod permission;
 mod revocation;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 pub use claims::{Audience, Claims, ServerRights, ATTIC_NAMESPACE, GARRET_NAMESPACE};
 pub use key::{generate_hs256, generate_rs256, Algorithm, SigningKey, TokenKeys};
 pub use mint::{mint, new_jti, parse_validity, MakeToken};
+pub use oidc::{grants_for, parse_permission, Grant, Issuer, Jwks, KeyAlgorithm, OidcVerifier};
 pub use pattern::CachePattern;
 pub use permission::Permission;
 pub use revocation::{
@@ -54,6 +56,12 @@ pub enum Error {
 
     #[error("token expiry is out of range")]
     TimeOutOfRange,
+
+    #[error("invalid JWKS: {0}")]
+    InvalidJwks(String),
+
+    #[error("invalid grant: {0}")]
+    InvalidGrant(String),
 }
 
 /// Result alias for this module.

@@ -60,7 +60,7 @@ fn is_valid(text: &str) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'*' | b'-'))
 }
 
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(super) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0usize, 0usize);
     // Position just after the last `*` seen, and the text position that star currently
     // extends to. Retrying only from the latest star is sufficient: any earlier star could

@@ -33,6 +33,9 @@ pub enum Rejection {
     WrongIssuer,
     #[error("token audience is not accepted")]
     WrongAudience,
+    /// An identity token whose `kid` is missing or not in its issuer's key set.
+    #[error("token signing key is not known")]
+    UnknownKey,
     #[error("invalid token claims: {0}")]
     InvalidClaims(String),
     #[error("token has been revoked")]
@@ -236,7 +239,7 @@ impl Verifier {
 }
 
 /// `JWT` in any case, or a media type ending in `+JWT` (e.g. `at+jwt`).
-fn typ_is_acceptable(typ: &str) -> bool {
+pub(super) fn typ_is_acceptable(typ: &str) -> bool {
     if typ.eq_ignore_ascii_case("JWT") {
         return true;
     }

@@ -11,6 +11,7 @@ use crate::db::{CacheRow, Database};
 use crate::error::ServerResult;
 use crate::store::Store;
 use garret_core::nix::signing::Keypair;
+use garret_core::token::OidcVerifier;
 use garret_core::token::{
     settle_revocations as settle, Claims, Rejection, RevocationEntry, RevocationList, Verifier,
 };
@@ -26,6 +27,9 @@ pub struct AppState {
     pub config: Config,
     pub store: Store,
     pub verifier: Verifier,
+    /// Trusted identity-token issuers (`[[jwt.oidc]]`); replaced whole when their settings
+    /// or key files change.
+    oidc: std::sync::RwLock<Arc<OidcVerifier>>,
     /// What requests are checked against: the file's list plus the pushed entries it does
     /// not have yet. Replaced whole when either changes.
     revoked: std::sync::RwLock<Arc<RevocationList>>,
@@ -55,6 +59,7 @@ impl AppState {
             config,
             store,
             revoked: Default::default(),
+            oidc: Default::default(),
             revocation_sources: Default::default(),
             tokens: Cache::builder()
                 .max_capacity(10_000)
@@ -90,7 +95,13 @@ impl AppState {
         let verdict = match self.tokens.get(&key) {
             Some(v) => v,
             None => {
-                let v = self.verifier.verify(token, now).map(Arc::new);
+                // A token naming a trusted identity issuer is judged by that issuer's keys
+                // and grants; any other goes to Attic's key, which refuses foreign tokens.
+                let oidc = self.oidc.read().map(|o| Arc::clone(&o)).ok();
+                let v = oidc
+                    .and_then(|o| o.verify(token, now))
+                    .unwrap_or_else(|| self.verifier.verify(token, now))
+                    .map(Arc::new);
                 if !matches!(&v, Err(r) if r.is_time_dependent()) {
                     self.tokens.insert(key, v.clone());
                 }
@@ -144,6 +155,15 @@ impl AppState {
             .revocations_held
             .set(i64::try_from(held.len()).unwrap_or(i64::MAX));
         held.len()
+    }
+
+    /// New identity-issuer settings or keys. Remembered verdicts are dropped, so a key
+    /// removed from a JWKS stops verifying at once.
+    pub fn set_oidc(&self, verifier: OidcVerifier) {
+        if let Ok(mut o) = self.oidc.write() {
+            *o = Arc::new(verifier);
+        }
+        self.tokens.invalidate_all();
     }
 
     /// A live cache by name, from memory when recently seen.

@@ -364,6 +364,9 @@ pub struct JwtConfig {
     /// `Validation::leeway`; unlike it, `exp` stays exact).
     #[serde(default = "default_jwt_leeway")]
     pub leeway: u64,
+    /// Garret: trusted identity-token issuers (`[[jwt.oidc]]`, docs/keyless-push.md).
+    #[serde(default)]
+    pub oidc: Vec<crate::oidc::OidcIssuerConfig>,
 }
 
 fn default_jwt_leeway() -> u64 {
@@ -378,6 +381,7 @@ impl Default for JwtConfig {
             revocation_list: None,
             signing: None,
             leeway: default_jwt_leeway(),
+            oidc: Vec::new(),
         }
     }
 }
@@ -478,6 +482,7 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
+        crate::oidc::validate(&self.jwt.oidc)?;
         if let Some(ep) = &self.api_endpoint {
             if !ep.ends_with('/') {
                 bail!("api-endpoint must end with '/' (got {ep:?})");
