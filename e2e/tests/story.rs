@@ -29,6 +29,9 @@ use serde_json::json;
 /// Generous: the first rollout pulls nothing but starts garretd, runs migrations and
 /// generates keys on a shared 2-core machine.
 const T: Duration = Duration::from_secs(300);
+/// The documented bound from `kubectl delete cachetoken` to 401 (docs/operator.md), with
+/// room for a loaded CI machine; the mounted list alone takes about a minute.
+const REVOKED_WITHIN: Duration = Duration::from_secs(20);
 const HOST: &str = "cache.garret.test";
 const OPERATOR_NS: &str = "garret-system";
 
@@ -539,6 +542,30 @@ async fn deployment_rolled_out(kube: &Client, ns: &str, name: &str) -> bool {
         && st.replicas == Some(want)
 }
 
+/// Each operator replica's `/metrics` text, read from its pod IP on the node.
+async fn operator_metrics(kube: &Client, clients: &Clients<'_>) -> kube::Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), OPERATOR_NS);
+    let lp = ListParams::default().labels("app.kubernetes.io/name=garret-operator");
+    let mut texts = Vec::new();
+    for pod in pods.list(&lp).await?.items {
+        let Some(ip) = pod.status.and_then(|s| s.pod_ip) else {
+            continue;
+        };
+        let out = clients
+            .cmd("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                &format!("http://{ip}:8080/metrics"),
+            ])
+            .output()
+            .expect("curl");
+        texts.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Ok(texts)
+}
+
 static CLUSTER: tokio::sync::OnceCell<Cluster> = tokio::sync::OnceCell::const_new();
 
 /// The cluster with the operator installed from its chart, once per test binary: it runs
@@ -618,21 +645,8 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     // The operator's replicas: exactly one leads, and it counted this reconcile and the
     // tokens it minted (read from each pod's /metrics on the node).
     if let Cluster::Harness(_) = cluster {
-        let pods: Api<Pod> = Api::namespaced(kube.clone(), OPERATOR_NS);
-        let lp = ListParams::default().labels("app.kubernetes.io/name=garret-operator");
         let metrics = wait_for(T, "the operator's leader counted the reconciles", || async {
-            let mut texts = Vec::new();
-            for pod in pods.list(&lp).await?.items {
-                let Some(ip) = pod.status.and_then(|s| s.pod_ip) else {
-                    continue;
-                };
-                let out = clients
-                    .cmd("curl")
-                    .args(["-s", "--max-time", "5", &format!("http://{ip}:8080/metrics")])
-                    .output()
-                    .expect("curl");
-                texts.push(String::from_utf8_lossy(&out.stdout).into_owned());
-            }
+            let texts = operator_metrics(&kube, &clients).await?;
             let leaders: Vec<&String> = texts
                 .iter()
                 .filter(|t| t.lines().any(|l| l == "garret_operator_leader 1"))
@@ -858,6 +872,52 @@ async fn helm_install_apply_cache_yaml_push_substitute_and_keep_the_data() {
     )
     .await
     .expect("served after pod replacement");
+
+    // 7b. Revocation on the real kubelet: `kubectl delete cachetoken reader` and the reader's
+    // token is refused through the proxy within seconds. The mounted ConfigMap alone would
+    // take until the kubelet's next sync (about a minute by default); the operator pushes the
+    // list to each garretd pod (here the replacement pod of step 7) as soon as it is written.
+    let reader_token = secret_text(&reader, "token");
+    let auth = format!("Authorization: Bearer {reader_token}");
+    let team_info = format!("{url}/team/nix-cache-info");
+    let as_reader = || {
+        clients.ok(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &auth,
+                &team_info,
+            ],
+        )
+    };
+    assert_eq!(as_reader(), "200", "the reader token works before");
+    let deleted = std::time::Instant::now();
+    kubectl(cluster, &["delete", "cachetoken", "reader", "-n", &ns]);
+    wait_for(REVOKED_WITHIN, "the reader token refused", || async {
+        Ok((as_reader() == "401").then_some(()))
+    })
+    .await
+    .expect("a deleted CacheToken's token is refused within the documented bound");
+    eprintln!(
+        "reader token refused {:.2} s after kubectl delete cachetoken",
+        deleted.elapsed().as_secs_f64()
+    );
+    if let Cluster::Harness(_) = cluster {
+        let texts = operator_metrics(&kube, &clients).await.expect("metrics");
+        let pushed = texts.iter().any(|t| {
+            t.lines().any(|l| {
+                l.strip_prefix(r#"garret_operator_revocation_pushes_total{result="ok"} "#)
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+                    .is_some_and(|n| n >= 1.0)
+            })
+        });
+        assert!(pushed, "the leader pushed the list to the pod: {texts:?}");
+    }
 
     // 8. A start-time setting changes: a rolling update, and the cache keeps its data.
     let bcs: Api<garret_operator::BinaryCache> = Api::namespaced(kube.clone(), &ns);

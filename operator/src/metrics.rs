@@ -35,6 +35,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub namespace: String,
     pub name: String,
@@ -54,6 +59,8 @@ pub struct Metrics {
     /// Each CacheToken's current token's expiry as a Unix time; `x - time()` is the time
     /// left, as cert-manager exposes certificates.
     pub token_expiry: Family<TokenLabels, Gauge>,
+    /// Revocation lists pushed to garretd pods, by `ok`/`failed` (one per pod and push).
+    pub revocation_pushes: Family<ResultLabel, Counter>,
     /// Objects waiting to reconcile, by kind: set from [`Metrics::queues`] on every render.
     queue_depth: Family<KindLabel, Gauge>,
     queues: Mutex<BTreeMap<&'static str, Queue>>,
@@ -157,6 +164,12 @@ impl Metrics {
             "When each CacheToken's current token expires (Unix time)",
             token_expiry.clone(),
         );
+        let revocation_pushes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "revocation_pushes",
+            "Revocation lists pushed to garretd pods (one per pod); a failed push waits for the mounted list",
+            revocation_pushes.clone(),
+        );
         let queue_depth = Family::<KindLabel, Gauge>::default();
         registry.register(
             "queue_depth",
@@ -170,6 +183,7 @@ impl Metrics {
             in_flight,
             leader,
             token_expiry,
+            revocation_pushes,
             queue_depth,
             queues: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),

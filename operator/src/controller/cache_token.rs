@@ -19,6 +19,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::queue::{controller_of, store_has, woken};
+use super::revocation_push;
 use super::{
     apply, children_only, create_if_absent, drain, error_policy, get_opt, now, patch_status,
     scoped_api, Context, Settings,
@@ -210,6 +211,7 @@ async fn write_revocations(
     for (bc_name, adds) in by_cache {
         let name = Names(bc_name).revocations();
         let mut done = false;
+        let mut pushed: Option<String> = None;
         for _ in 0..LIST_WRITE_ATTEMPTS {
             let cm = match get_opt(&config_maps, &name).await? {
                 Some(cm) => cm,
@@ -237,7 +239,7 @@ async fn write_revocations(
             let edited = revocation::edit_list(text, bc_name, &adds, who, now);
             if edited == text {
                 written.extend(adds.iter().cloned());
-                done = true;
+                pushed = Some(edited);
                 break;
             }
             // Merge patch with the read resourceVersion: a concurrent edit fails with 409.
@@ -251,12 +253,22 @@ async fn write_revocations(
             {
                 Ok(_) => {
                     written.extend(adds.iter().cloned());
-                    done = true;
+                    pushed = Some(edited);
                     break;
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(Error::kube(format!("writing revocation list {name}"), e)),
             }
+        }
+        if let Some(list) = pushed {
+            // The list is written; now make it apply at once (see `revocation_push`).
+            let secrets: Api<Secret> = ctx.api(ns);
+            match signing_keys(ctx, &secrets, ns, bc_name).await {
+                Ok(keys) => revocation_push::push(ctx, &keys, ns, bc_name, &list).await,
+                Err(e) => tracing::warn!(binary_cache = bc_name, error = %e,
+                    "cannot sign a revocation push; the mounted list will carry it"),
+            }
+            continue;
         }
         if !done {
             return Err(Error::Dependency(format!(

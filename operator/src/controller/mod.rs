@@ -7,6 +7,7 @@ pub mod binary_cache;
 pub mod cache_token;
 pub mod probe;
 pub mod queue;
+pub mod revocation_push;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -22,7 +22,7 @@ pub const SUBJECT: &str = "garret-operator";
 /// Lifetime of a probe token: minted for one round of requests.
 pub const VALIDITY: Duration = Duration::from_secs(120);
 /// Bound on connecting and on each answer: a probe never holds a reconcile for long.
-const TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(3);
 /// A cache-config answer is a few hundred bytes.
 const BODY_LIMIT: usize = 64 * 1024;
 /// The Service's port (see `desired::workload::service`).
@@ -142,7 +142,14 @@ async fn ask(
 }
 
 /// Open an HTTP/1 connection to `authority`; the connection task ends when the sender drops.
-async fn dial(authority: &hyper::http::uri::Authority) -> std::result::Result<Sender, String> {
+pub(super) async fn dial<B>(
+    authority: &hyper::http::uri::Authority,
+) -> std::result::Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let host = authority
         .host()
         .trim_start_matches('[')

@@ -109,6 +109,8 @@ pub fn make_token(spec: &CacheTokenSpec, timing: &Timing) -> Result<MakeToken, I
         destroy_cache: p.destroy_cache.clone(),
         issuer: None,
         audiences: None,
+        // Server rights are the operator's own (revocation pushes); no CacheToken gets one.
+        server: garret_core::token::ServerRights::default(),
     };
     // Fail on bad patterns now, as a spec error, instead of at mint time.
     request
