@@ -138,6 +138,12 @@ fn caches_table(v: &Validated) -> Table {
                     Value::Array(u.iter().map(s).collect()),
                 );
             }
+            if !c.upstreams.is_empty() {
+                t.insert(
+                    "upstreams".into(),
+                    Value::Array(c.upstreams.iter().map(upstream_table).collect()),
+                );
+            }
             t.insert(
                 "signing-key-file".into(),
                 s(format!("{CACHE_KEYS_DIR}/{}", c.name)),
@@ -150,6 +156,20 @@ fn caches_table(v: &Validated) -> Table {
         t.insert("caches".into(), Value::Array(caches));
     }
     t
+}
+
+/// One `upstreams` entry of a `[[caches]]` table, in garretd's kebab-case keys.
+fn upstream_table(u: &crate::types::UpstreamSpec) -> Value {
+    let mut t = Table::new();
+    t.insert("url".into(), s(&u.url));
+    t.insert(
+        "public-keys".into(),
+        Value::Array(u.public_keys.iter().map(s).collect()),
+    );
+    if let Some(p) = u.priority {
+        t.insert("priority".into(), Value::Integer(p.into()));
+    }
+    Value::Table(t)
 }
 
 /// TOML text of `t`. Infallible here: these tables hold only strings, booleans, integers
@@ -206,6 +226,26 @@ mod tests {
     fn parse(text: &str) -> Config {
         Config::from_toml(text, &ConfigSource::default(), vec![])
             .expect("garretd accepts the config")
+    }
+
+    #[test]
+    fn upstreams_render_as_garretd_reads_them() {
+        use crate::types::UpstreamSpec;
+        let mut bc = binary_cache(MINIMAL);
+        let key = "up-1:9JwWjIvIxZ++emTefhvrh0lCM+RimmTooj9215Exnv8=";
+        bc.spec.caches[0].upstreams = vec![UpstreamSpec {
+            url: "https://cache.nixos.org".into(),
+            public_keys: vec![key.into()],
+            priority: Some(40),
+        }];
+        let v = crate::desired::validate::validate(&bc).expect("valid");
+        let cfg = parse(&server_toml(&v));
+        let ups = &cfg.caches[0].upstreams;
+        assert_eq!(ups.len(), 1);
+        assert_eq!(ups[0].url, "https://cache.nixos.org");
+        assert_eq!(ups[0].public_keys, vec![key.to_string()]);
+        assert_eq!(ups[0].priority, 40);
+        assert!(cfg.caches[1].upstreams.is_empty());
     }
 
     #[test]

@@ -174,6 +174,26 @@ pub struct CacheSpec {
     /// unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_cache_key_names: Option<Vec<String>>,
+    /// Upstream caches a miss is fetched from, verified against their keys and stored here
+    /// (pull-through, docs/pull-through.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub upstreams: Vec<UpstreamSpec>,
+}
+
+/// One upstream binary cache of a pull-through cache.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamSpec {
+    /// Base URL, e.g. `https://cache.nixos.org`.
+    #[schemars(regex(pattern = URL_PATTERN))]
+    pub url: String,
+    /// `name:base64` keys; an upstream answer must be signed by one of them.
+    #[schemars(length(min = 1, max = 16), inner(regex(pattern = NO_SPACE_PATTERN)))]
+    pub public_keys: Vec<String>,
+    /// Lower is asked first; garretd's default (50) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 /// Ingress exposure. The rendered annotations raise body size and timeouts for Nix
