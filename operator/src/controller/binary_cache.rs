@@ -99,7 +99,11 @@ async fn apply_all(bc: &BinaryCache, ctx: &Context) -> Result<Action> {
 async fn pipeline(bc: &BinaryCache, ctx: &Context) -> Result<Action> {
     let v = desired::validate(bc)?;
     let observed = observe(&v, ctx).await?;
-    let children = desired::desired(&v, &observed);
+    let mut children = desired::desired(&v, &observed);
+    if !v.spec.service_account_access.is_empty() {
+        let issuer = cluster_issuer(&ctx.client).await?;
+        desired::oidc::add_cluster_issuer(&mut children.config_map, &v, &issuer);
+    }
     let deployment = apply_children(bc, ctx, &v, &children).await?;
     let answers = ask_garretd(ctx, &v, &children.caches, &deployment).await?;
     let (served, waiting) = status::tally(&children.caches, &answers);
@@ -124,6 +128,25 @@ async fn pipeline(bc: &BinaryCache, ctx: &Context) -> Result<Action> {
     }
     crate::metrics::global().requeued(KIND, &key_of(bc), ctx.settings.resync);
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// The cluster's ServiceAccount issuer and keys, read from the apiserver (RBAC: `get` on
+/// the nonResourceURLs `/.well-known/openid-configuration` and `/openid/v1/jwks`). Read on
+/// every reconcile, so a key rotation reaches garretd by the next resync.
+async fn cluster_issuer(client: &Client) -> Result<desired::oidc::ClusterIssuer> {
+    async fn get(client: &Client, path: &str) -> Result<String> {
+        let request = http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| Error::Dependency(format!("GET {path}: {e}")))?;
+        client.request_text(request).await.map_err(|e| {
+            Error::Dependency(format!(
+                "reading the cluster's ServiceAccount issuer ({path}): {e}"
+            ))
+        })
+    }
+    let discovery = get(client, "/.well-known/openid-configuration").await?;
+    let jwks = get(client, "/openid/v1/jwks").await?;
+    desired::oidc::ClusterIssuer::from_documents(&discovery, &jwks)
 }
 
 /// How soon to ask garretd again while a declared cache is not served.

@@ -15,6 +15,7 @@ pub mod config;
 pub mod gateway;
 pub mod ingress;
 pub mod meta;
+pub mod oidc;
 pub mod secrets;
 pub mod status;
 pub mod validate;

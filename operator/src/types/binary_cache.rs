@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     add_rule, add_rule_at, conditions_schema, duration_rule, unobserved_by_default, SecretKeyRef,
-    SecretRef, CACHE_NAME_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN,
+    SecretRef, CACHE_NAME_PATTERN, CACHE_PATTERN_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN,
     GATEWAY_DURATION_PATTERN, GATEWAY_HOSTNAME_PATTERN, NO_SPACE_PATTERN, URL_PATTERN,
 };
 
@@ -82,6 +82,39 @@ pub struct BinaryCacheSpec {
     /// What happens to the data volume and the generated keys when this object is deleted.
     #[serde(default)]
     pub reclaim_policy: ReclaimPolicy,
+    /// ServiceAccounts of this cluster that may pull or push with their own projected token
+    /// (audience `garret.dev/<namespace>/<name>`), so CI needs no token Secret. garretd then
+    /// trusts the cluster's ServiceAccount issuer (docs/keyless-push.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub service_account_access: Vec<ServiceAccountAccess>,
+}
+
+/// One ServiceAccount's rights on caches of this BinaryCache.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountAccess {
+    /// Name of the ServiceAccount.
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub service_account: String,
+    /// Its namespace; the BinaryCache's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// Cache names or patterns (`team-*`) it gets `access` on.
+    #[schemars(length(min = 1, max = 32), inner(regex(pattern = CACHE_PATTERN_PATTERN)))]
+    pub caches: Vec<String>,
+    /// `Pull` (read) or `Push` (read and upload; the default).
+    #[serde(default)]
+    pub access: Access,
+}
+
+/// What a ServiceAccount may do on its caches.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Access {
+    Pull,
+    #[default]
+    Push,
 }
 
 /// `Retain` keeps the PVC and key Secrets (the cache can be recreated with its data and
