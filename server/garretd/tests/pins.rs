@@ -2,15 +2,17 @@
 //! survives a retention run that removes everything else, keep-N releases old versions,
 //! releasing a pin hands its paths back to retention, and the rights and the 401/404 rules
 //! of the other endpoints hold. Runs on SQLite, and on PostgreSQL with
-//! GARRET_TEST_DATABASE=postgres.
+//! GARRET_TEST_DATABASE=postgres; the GC run on local disk and on S3 (Garage in CI).
 //!
 //! No test waits for the clock: the recorded times are moved into the past
 //! ([`Garretd::age_data`]) as in tests/gc.rs.
 
 mod common;
+mod s3_support;
 
 use common::garret_cli::{base_name, store_path, GarretCli};
 use common::*;
+use garretd::backend::{LocalStorage, S3Storage, Storage};
 use reqwest::{Method, StatusCode};
 
 const CONFIG: &str = "[garbage-collection]\ninterval = 0\norphan-grace-period = 0\n";
@@ -95,9 +97,28 @@ fn gc(g: &Garretd) {
 #[tokio::test]
 async fn a_pinned_closure_survives_the_gc_that_removes_the_rest() {
     let g = Garretd::start_with(Some(CONFIG), &[]);
+    let storage = LocalStorage::open(&g.data_dir.join("storage"), false).expect("storage");
+    pinned_closure_survives_gc(&g, &storage).await;
+}
+
+/// The same on S3 (Garage in CI): pinned packs stay in the bucket, the others are deleted.
+#[tokio::test]
+async fn on_s3_a_pinned_closure_survives_the_gc_that_removes_the_rest() {
+    let Some(s3) = s3_support::s3_from_env("pins on S3") else {
+        return;
+    };
+    let g = Garretd::start_with(
+        Some(&format!("{CONFIG}{}", s3_support::storage_toml(&s3))),
+        &[],
+    );
+    let storage = S3Storage::new(&s3).expect("S3 client");
+    pinned_closure_survives_gc(&g, &storage).await;
+}
+
+async fn pinned_closure_survives_gc(g: &Garretd, storage: &dyn Storage) {
     let api = g.client();
     let admin = g.admin_token();
-    let cli = GarretCli::new(&g);
+    let cli = GarretCli::new(g);
     assert_eq!(
         api.create_cache(&admin, "rel", false).await.status(),
         StatusCode::OK
@@ -144,12 +165,12 @@ async fn a_pinned_closure_survives_the_gc_that_removes_the_rest() {
         "the pinner is recorded: {out}"
     );
 
-    let files_before = g.chunk_files();
+    let packs_before = pack_keys(g);
     g.age_data(2 * HOUR);
-    gc(&g);
+    gc(g);
     for (name, nar, _) in &nars[..3] {
         assert_eq!(
-            served(&g, &admin, "rel", name).await,
+            served(g, &admin, "rel", name).await,
             (StatusCode::OK, nar.clone()),
             "{name} is in the pinned closure"
         );
@@ -161,25 +182,26 @@ async fn a_pinned_closure_survives_the_gc_that_removes_the_rest() {
             "{name}"
         );
         assert_eq!(
-            served(&g, &admin, "rel", name).await.0,
+            served(g, &admin, "rel", name).await.0,
             StatusCode::NOT_FOUND,
             "{name}"
         );
     }
     assert_eq!(g.count("objects"), 3);
     assert!(
-        g.chunk_files() < files_before,
-        "the unpinned paths' packs are deleted"
+        pack_keys(g).len() < packs_before.len(),
+        "the unpinned paths' packs are released"
     );
+    storage_follows_the_database(g, storage, &packs_before).await;
 
     // released, the closure falls back to retention (the downloads above were accesses)
     let (_, err) = cli.ok(Some(&admin), &["pin", "delete", "rel", "release"]);
     assert!(err.contains("1 versions released"), "{err}");
     g.age_data(2 * HOUR);
-    gc(&g);
+    gc(g);
     assert_eq!(g.count("objects"), 0);
     assert_eq!(g.count("chunks"), 0);
-    assert_eq!(g.chunk_files(), 0, "every pack is gone");
+    storage_follows_the_database(g, storage, &packs_before).await;
     let (out, err) = cli.ok(Some(&admin), &["pin", "list", "rel"]);
     assert_eq!(out, "");
     assert!(err.contains("has no pins"), "{err}");

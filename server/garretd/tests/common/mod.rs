@@ -391,6 +391,34 @@ impl Garretd {
     }
 }
 
+/// The packs the chunk rows point at.
+pub fn pack_keys(g: &Garretd) -> std::collections::BTreeSet<String> {
+    g.sql_rows("SELECT DISTINCT storage_key FROM chunks")
+        .into_iter()
+        .collect()
+}
+
+/// Every pack the database still points at is in storage, every other one of `before` is
+/// gone from it: what GC deleted, it deleted from the backend too.
+pub async fn storage_follows_the_database(
+    g: &Garretd,
+    storage: &dyn garretd::backend::Storage,
+    before: &std::collections::BTreeSet<String>,
+) {
+    let now = pack_keys(g);
+    for key in before {
+        let got = storage.get(key).await;
+        if now.contains(key) {
+            assert!(got.is_ok(), "pack {key} is still referenced: {got:?}");
+        } else {
+            assert!(
+                matches!(got, Err(garretd::backend::StorageError::NotFound(_))),
+                "pack {key} is no longer referenced and must be deleted"
+            );
+        }
+    }
+}
+
 /// A thin HTTP helper for the Attic API.
 /// The test's end of a streamed request body.
 pub type BodySender = futures::channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
