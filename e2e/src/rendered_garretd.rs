@@ -53,7 +53,9 @@ pub fn start_rendered_garretd(root: &Path, server_toml: &str, token_key: &str) -
     let toml = server_toml
         .replace(REVOCATIONS_DIR, &at(REVOCATIONS_DIR))
         .replace(CACHE_KEYS_DIR, &at(CACHE_KEYS_DIR))
-        .replace(DATA_DIR, &at(DATA_DIR));
+        .replace(DATA_DIR, &at(DATA_DIR))
+        // Files beside server.toml in the config ConfigMap (e.g. the cluster's JWKS).
+        .replace(&format!("{CONFIG_DIR}/"), &format!("{}/", at(CONFIG_DIR)));
     std::fs::create_dir_all(at(DATA_DIR)).expect("data dir");
     let config_dir = rerooted(root, CONFIG_DIR);
     std::fs::create_dir_all(&config_dir).expect("config dir");
