@@ -85,14 +85,12 @@ pub async fn probe(base: &str, token: &str, caches: &[String]) -> Vec<Answer> {
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-/// One request on `conn`, dialled first if there is none.
-async fn ask(
-    conn: &mut Option<Sender>,
+/// `base` + `path` as a URI, and its authority; only plain `http://` (in-cluster garretd).
+pub(super) fn http_uri(
     base: &str,
-    token: &str,
-    cache: &str,
-) -> std::result::Result<Answer, String> {
-    let uri: Uri = format!("{base}/_api/v1/cache-config/{cache}")
+    path: &str,
+) -> std::result::Result<(Uri, hyper::http::uri::Authority), String> {
+    let uri: Uri = format!("{base}{path}")
         .parse()
         .map_err(|e| format!("bad URL {base}: {e}"))?;
     if uri.scheme_str() != Some("http") {
@@ -102,6 +100,17 @@ async fn ask(
         .authority()
         .ok_or_else(|| format!("{base}: no host"))?
         .clone();
+    Ok((uri, authority))
+}
+
+/// One request on `conn`, dialled first if there is none.
+async fn ask(
+    conn: &mut Option<Sender>,
+    base: &str,
+    token: &str,
+    cache: &str,
+) -> std::result::Result<Answer, String> {
+    let (uri, authority) = http_uri(base, &format!("/_api/v1/cache-config/{cache}"))?;
     // A kept connection garretd closed in the meantime is dialled again, not an answer.
     if let Some(kept) = conn.as_mut() {
         let ready = tokio::time::timeout(TIMEOUT, kept.ready()).await;

@@ -15,11 +15,11 @@ use std::time::Duration;
 use garret_core::token::{new_jti, MakeToken, ServerRights, TokenKeys};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use hyper::{Request, Uri};
+use hyper::Request;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 
-use super::probe::{dial, TIMEOUT};
+use super::probe::{dial, http_uri, TIMEOUT};
 use super::Context;
 use crate::desired::HTTP_PORT;
 use crate::metrics::{global, ResultLabel};
@@ -151,16 +151,7 @@ async fn targets(ctx: &Context, namespace: &str, bc_name: &str) -> Result<Vec<St
 
 /// One `POST /_api/v1/revocations` on a fresh connection.
 async fn send(base: &str, token: &str, body: Bytes) -> std::result::Result<(), String> {
-    let uri: Uri = format!("{base}/_api/v1/revocations")
-        .parse()
-        .map_err(|e| format!("bad URL {base}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{base}: only http:// is supported"));
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("{base}: no host"))?
-        .clone();
+    let (uri, authority) = http_uri(base, "/_api/v1/revocations")?;
     let mut sender = dial::<Full<Bytes>>(&authority).await?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let request = Request::post(path)

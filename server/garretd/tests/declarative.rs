@@ -246,11 +246,14 @@ async fn a_server_started_before_a_key_file_serves_the_rest_and_converges() {
     .await;
 }
 
-#[tokio::test]
-async fn revoked_tokens_are_refused_within_seconds() {
+/// A server reading the revocation list `initial` from a file, with one private cache `c`:
+/// the server, its API, an all-rights token and the list's path (the tempdir holds it).
+async fn with_revocation_list(
+    initial: &str,
+) -> (Garretd, Api, String, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("revoked");
-    std::fs::write(&list, "# nothing revoked yet\n").unwrap();
+    std::fs::write(&list, initial).unwrap();
     let g = Garretd::start_with(
         Some(&format!(
             "[jwt]\nrevocation-list = \"{}\"\n",
@@ -264,6 +267,12 @@ async fn revoked_tokens_are_refused_within_seconds() {
         api.create_cache(&admin, "c", false).await.status(),
         StatusCode::OK
     );
+    (g, api, admin, list, dir)
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_refused_within_seconds() {
+    let (g, api, _admin, list, _dir) = with_revocation_list("# nothing revoked yet\n").await;
     let alice = g.token("alice", "1 hour", &["--pull", "c"]);
     let alice2 = g.token("alice", "1 hour", &["--pull", "c"]);
     let bob = g.token("bob", "1 hour", &["--pull", "c"]);
@@ -313,22 +322,7 @@ async fn revoked_tokens_are_refused_within_seconds() {
 /// file carries the entry, after which the file decides again.
 #[tokio::test]
 async fn pushed_revocations_apply_at_once_and_the_file_takes_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("revoked");
-    std::fs::write(&list, "").unwrap();
-    let g = Garretd::start_with(
-        Some(&format!(
-            "[jwt]\nrevocation-list = \"{}\"\n",
-            list.display()
-        )),
-        &[],
-    );
-    let api = g.client();
-    let admin = g.admin_token();
-    assert_eq!(
-        api.create_cache(&admin, "c", false).await.status(),
-        StatusCode::OK
-    );
+    let (g, api, admin, list, _dir) = with_revocation_list("").await;
     let alice = g.token("alice", "1 hour", &["--pull", "c"]);
     let carol = g.token("carol", "1 hour", &["--pull", "c"]);
     let pusher = g.token("garret-operator", "2 minutes", &["--push-revocations"]);
