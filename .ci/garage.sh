@@ -4,6 +4,7 @@
 #
 #   eval "$(bash .ci/garage.sh start)"     # install if missing, start, print `export S3_*=…`
 #   bash .ci/garage.sh start FILE          # same, but write the export lines to FILE
+#   bash .ci/garage.sh install             # only build the server if missing (CI does it early)
 #   bash .ci/garage.sh halt                # kill the server, keep its data (outage drills)
 #   bash .ci/garage.sh stop                # kill the server and delete its data
 #
@@ -180,6 +181,9 @@ start)
     fi
     if [ -n "${2:-}" ]; then cp "$DIR/env" "$2"; else cat "$DIR/env"; fi
     ;;
+install)
+    install_server
+    ;;
 halt)
     exec 9>"$DIR.lock"
     flock 9
@@ -193,7 +197,7 @@ stop)
     rm -f "$DIR.lock"
     ;;
 *)
-    echo "usage: $0 start [ENV_FILE] | halt | stop" >&2
+    echo "usage: $0 start [ENV_FILE] | install | halt | stop" >&2
     exit 2
     ;;
 esac
