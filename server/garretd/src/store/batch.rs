@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+
+use super::chunker::Chunk;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 
@@ -94,7 +96,7 @@ impl Drop for PendingChunks {
 /// being written; the results come back in chunk order.
 pub(super) struct Batches {
     store: Store,
-    open: Vec<Bytes>,
+    open: Vec<Chunk>,
     open_bytes: usize,
     results: Vec<ChunkResult>,
     pending: PendingChunks,
@@ -113,7 +115,7 @@ impl Batches {
 
     /// Takes the chunks in `ready` (leaving it empty). The open batch is sent off when it is
     /// full, and with `last` (the body ended) at every chunk, so nothing waits for more.
-    pub(super) async fn add(&mut self, ready: &mut Vec<Bytes>, last: bool) -> ServerResult<()> {
+    pub(super) async fn add(&mut self, ready: &mut Vec<Chunk>, last: bool) -> ServerResult<()> {
         for chunk in ready.drain(..) {
             self.open_bytes += chunk.len();
             self.open.push(chunk);
@@ -179,14 +181,24 @@ fn joined(
 /// A chunk's identity for deduplication: BLAKE3 of its uncompressed bytes. Chunk hashes
 /// never leave the server (Nix only sees the NAR's SHA-256), so the faster hash is free to
 /// use; it is typed so another algorithm could follow.
-fn chunk_id(data: &[u8]) -> String {
-    format!("blake3:{}", blake3::hash(data).to_hex())
+fn chunk_id(chunk: &Chunk) -> String {
+    let hash = match chunk.contiguous() {
+        Some(data) => blake3::hash(data),
+        None => {
+            let mut h = blake3::Hasher::new();
+            chunk.parts().iter().for_each(|p| {
+                h.update(p);
+            });
+            h.finalize()
+        }
+    };
+    format!("blake3:{}", hash.to_hex())
 }
 
 /// One batch: hash, look up, compress the new chunks into one pack, record, write.
 async fn store_batch(
     store: Store,
-    chunks: Vec<Bytes>,
+    chunks: Vec<Chunk>,
     pending: Written,
 ) -> ServerResult<Vec<ChunkResult>> {
     let compression = store.compression;
@@ -214,9 +226,9 @@ async fn store_batch(
 }
 
 /// Hashing is CPU work (a batch is up to [`BATCH_BYTES`]), so it runs off the async threads.
-async fn hash_chunks(chunks: Vec<Bytes>) -> ServerResult<(Vec<Bytes>, Vec<String>)> {
+async fn hash_chunks(chunks: Vec<Chunk>) -> ServerResult<(Vec<Chunk>, Vec<String>)> {
     tokio::task::spawn_blocking(move || {
-        let hashes: Vec<String> = chunks.iter().map(|c| chunk_id(c)).collect();
+        let hashes: Vec<String> = chunks.iter().map(chunk_id).collect();
         (chunks, hashes)
     })
     .await
@@ -234,11 +246,11 @@ struct Fresh<'h> {
 /// (position in the batch, bytes).
 fn select_new<'h>(
     hashes: &'h [String],
-    chunks: &[Bytes],
+    chunks: &[Chunk],
     known: &HashMap<String, (i64, i64)>,
-) -> (Fresh<'h>, Vec<(usize, Bytes)>) {
+) -> (Fresh<'h>, Vec<(usize, Chunk)>) {
     let mut index: HashMap<&str, usize> = Default::default();
-    let mut to_write: Vec<(usize, Bytes)> = Vec::new();
+    let mut to_write: Vec<(usize, Chunk)> = Vec::new();
     for (i, (h, c)) in hashes.iter().zip(chunks).enumerate() {
         if !known.contains_key(h) && !index.contains_key(h.as_str()) {
             index.insert(h, to_write.len());
@@ -255,23 +267,69 @@ fn select_new<'h>(
 /// (position in the batch, offset in the pack, compressed length).
 async fn compress_pack(
     compression: Compression,
-    to_write: Vec<(usize, Bytes)>,
+    to_write: Vec<(usize, Chunk)>,
 ) -> ServerResult<(Bytes, Vec<(usize, usize, usize)>)> {
     tokio::task::spawn_blocking(move || {
         let raw: usize = to_write.iter().map(|(_, c)| c.len()).sum();
         // Aligned, so an `O_DIRECT` write takes the pack as it is, without another copy.
-        let (mut pack, start) = crate::backend::direct::aligned_buffer(raw + raw / 64 + 1024);
+        let (mut pack, start) = PackBuf::take(raw + raw / 64 + 1024);
         let mut frames = Vec::with_capacity(to_write.len());
         for (i, c) in &to_write {
             let offset = pack.len() - start;
-            let len = compression.compress_into(c, &mut pack)?;
+            let len = compression.compress_parts_into(c.parts(), &mut pack)?;
             frames.push((*i, offset, len));
         }
-        Ok::<_, std::io::Error>((Bytes::from(pack).slice(start..), frames))
+        Ok::<_, std::io::Error>((Bytes::from_owner(PackBuf { buf: pack, start }), frames))
     })
     .await
     .map_err(ServerError::internal)?
     .map_err(ServerError::internal)
+}
+
+/// A pack's buffer; once storage is done with it, it goes back to [`PACK_POOL`]. Fresh
+/// buffers cost a page fault per 4 KiB on first touch (two thirds of an upload's page faults,
+/// `perf record -e page-faults`), so the few an upload cycles through are reused.
+struct PackBuf {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+/// Buffers kept for reuse: enough for the batches of two uploads in flight.
+const PACK_POOL_KEEP: usize = 2 * IN_FLIGHT;
+static PACK_POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+impl PackBuf {
+    /// An empty aligned buffer with room for `capacity` bytes, reused when one is free (see
+    /// [`crate::backend::direct::aligned_buffer`] for the returned start offset).
+    fn take(capacity: usize) -> (Vec<u8>, usize) {
+        let reused = PACK_POOL.lock().ok().and_then(|mut pool| pool.pop());
+        match reused {
+            Some(mut buf) if buf.capacity() >= capacity + 4096 => {
+                buf.clear();
+                let start = buf.as_ptr().align_offset(4096).min(4096);
+                buf.resize(start, 0);
+                (buf, start)
+            }
+            _ => crate::backend::direct::aligned_buffer(capacity),
+        }
+    }
+}
+
+impl AsRef<[u8]> for PackBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl Drop for PackBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if let Ok(mut pool) = PACK_POOL.lock() {
+            if pool.len() < PACK_POOL_KEEP {
+                pool.push(buf);
+            }
+        }
+    }
 }
 
 /// Rows first, then the pack (see the module header). The new ids join the upload's pending
@@ -301,7 +359,7 @@ async fn record_and_write(
 /// written, and a repeat of it later in the same batch counts as deduplicated.
 fn batch_results(
     hashes: &[String],
-    chunks: &[Bytes],
+    chunks: &[Chunk],
     known: &HashMap<String, (i64, i64)>,
     fresh: &Fresh<'_>,
     ids: &[i64],

@@ -270,7 +270,7 @@ impl Store {
         let mut chunker = Chunker::new(self.chunk_params(single));
         let mut check = BodyCheck::new(expected);
         let mut batches = Batches::new(self);
-        let mut ready: Vec<Bytes> = Vec::new();
+        let mut ready: Vec<super::chunker::Chunk> = Vec::new();
         while let Some(piece) = body.next().await {
             let piece = piece.map_err(|e| {
                 ServerError::request(format!("reading the upload body failed: {e}"))
