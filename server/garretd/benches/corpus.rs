@@ -9,7 +9,8 @@
 //!
 //!   cargo bench -p garretd --bench corpus
 //!   GARRET_CORPUS_MIB (default 160: MiB of files per version), GARRET_CORPUS_LEVELS (extra
-//!   zstd levels to compare, e.g. "1,5"), GARRET_BENCH_DIR (where data directories live)
+//!   zstd levels to compare, e.g. "1,5"), GARRET_CORPUS_CONFIGS (other settings to compare,
+//!   "name:GARRETD_X=1,GARRETD_Y=2;name2:…"), GARRET_BENCH_DIR (where data directories live)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -310,6 +311,7 @@ fn main() {
         size(&v2),
         t.elapsed().as_secs_f64()
     );
+    let sets = std::env::var("GARRET_CORPUS_CONFIGS").unwrap_or_default();
     let mut configs: Vec<(String, Vec<(&str, String)>)> = vec![
         ("defaults".into(), vec![]),
         (
@@ -325,16 +327,25 @@ fn main() {
             ));
         }
     }
+    // Any other garretd settings, e.g. "z3 128k:GARRETD_CHUNKING__AVG_SIZE=131072,GARRETD_COMPRESSION__LEVEL=3;…"
+    for set in sets.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, vars) = set.split_once(':').unwrap_or((set, ""));
+        let env = vars
+            .split(',')
+            .filter_map(|kv| kv.trim().split_once('='))
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        configs.push((name.to_string(), env));
+    }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let rows: Vec<Row> = configs
-        .iter()
-        .map(|(name, env)| rt.block_on(measure(name, env, &v1, &v2)))
-        .collect();
     println!("machine: {}", machine());
     println!();
     println!("| garretd | stored / logical byte (v1+v2) | v2: new bytes / logical byte | v2 deduplicated | upload MB/s | download MB/s | CPU per MiB up |");
     println!("|---|---|---|---|---|---|---|");
-    for r in &rows {
+    // Each row as soon as it is measured: a long sweep that fails late keeps what it had.
+    let mut rows: Vec<Row> = Vec::new();
+    for (name, env) in &configs {
+        let r = rt.block_on(measure(name, env, &v1, &v2));
         println!(
             "| {} | {:.3} | {:.3} | {:.1} % | {:.0} | {:.0} | {:.2} ms |",
             r.name,
@@ -345,6 +356,7 @@ fn main() {
             r.down_mbs,
             r.cpu_ms
         );
+        rows.push(r);
     }
     let (d, a) = (&rows[0], &rows[1]);
     println!();

@@ -39,6 +39,12 @@ pub fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
+/// The garretd to run: `GARRET_BENCH_GARRETD` when set (a copy of another build, for an A/B
+/// in one run or a sweep that must not see a rebuild), else the bench profile's own.
+pub fn garretd_bin() -> std::ffi::OsString {
+    std::env::var_os("GARRET_BENCH_GARRETD").unwrap_or_else(|| env!("CARGO_BIN_EXE_garretd").into())
+}
+
 /// A garretd started by [`start_server`]; killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -63,7 +69,7 @@ pub fn start_server(env: &[(&str, String)]) -> Server {
         Some(dir) => tempfile::tempdir_in(dir).expect("tempdir"),
         None => tempfile::tempdir().expect("tempdir"),
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_garretd"))
+    let mut child = Command::new(garretd_bin())
         .arg("--data-dir")
         .arg(data.path())
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -96,7 +102,7 @@ pub fn start_server(env: &[(&str, String)]) -> Server {
 
 /// A day-long token that may create, pull and push every cache of `s`.
 pub fn token(s: &Server) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_garretd"))
+    let out = Command::new(garretd_bin())
         .arg("--data-dir")
         .arg(s.data.path())
         .args(["make-token", "--sub", "bench", "--validity", "1 day"])
