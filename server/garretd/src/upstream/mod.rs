@@ -450,8 +450,14 @@ async fn fetch_and_ingest(
     store.ingest(obj, claim, &mut tapped).await?;
     // An already stored NAR may be attached without reading the body: the first client
     // still needs all of it.
+    // Bounded like the ingest: at most the signed NarSize in all.
+    let mut left = i.nar_size;
     while let Some(piece) = tapped.next().await {
-        piece.map_err(|e| unavailable(format!("reading the upstream NAR failed: {e}")))?;
+        let piece =
+            piece.map_err(|e| unavailable(format!("reading the upstream NAR failed: {e}")))?;
+        left = left
+            .checked_sub(piece.len() as u64)
+            .ok_or_else(|| unavailable("the upstream NAR is longer than its NarSize".into()))?;
     }
     Ok(())
 }
