@@ -70,6 +70,9 @@ pub async fn run(
         let tcp = match accepted {
             Ok((tcp, _)) => {
                 backoff = MIN_BACKOFF;
+                // A body streamed in pieces with pauses (a pull-through NAR) must not wait
+                // for Nagle and the client's delayed ACK (40 ms on Linux) at each pause.
+                let _ = tcp.set_nodelay(true);
                 tcp
             }
             Err(e) => {
