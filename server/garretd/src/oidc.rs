@@ -2,13 +2,20 @@
 //! and keeping their key sets current while the server runs.
 //!
 //! A static `jwks-file` (what the operator renders from its cluster's ServiceAccount issuer)
-//! is re-read whenever its content changes, like the revocation list. A key set that cannot
-//! be read or parsed leaves that issuer with the keys it had (none at start), so its tokens
-//! are refused until the file is fixed, and the rest of the server runs on.
+//! is re-read whenever its content changes, like the revocation list. A `jwks-url` (or, with
+//! neither, the `jwks_uri` of the issuer's OpenID discovery document) is fetched at start,
+//! every [`REFRESH_EVERY`], and when a token names a `kid` the set does not have — at most
+//! once per [`MIN_REFETCH`], so unknown-`kid` tokens cannot make garretd hammer the issuer.
+//! A key set that cannot be read, fetched or parsed leaves that issuer with the keys it had
+//! (none at start), so its tokens are refused until it is fixed, and the rest of the server
+//! runs on.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -27,7 +34,12 @@ pub struct OidcIssuerConfig {
     #[serde(deserialize_with = "one_or_many")]
     pub audience: Vec<String>,
     /// A JWKS document with the issuer's public keys, re-read on change.
-    pub jwks_file: PathBuf,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Where to fetch the JWKS instead (https, or http on loopback). With neither this nor
+    /// `jwks-file`, the `jwks_uri` of `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
 }
@@ -95,9 +107,54 @@ pub fn validate(issuers: &[OidcIssuerConfig]) -> anyhow::Result<()> {
         if issuers[..i].iter().any(|o| o.issuer == cfg.issuer) {
             bail!("[[jwt.oidc]] {:?} is listed twice", cfg.issuer);
         }
+        match (&cfg.jwks_file, &cfg.jwks_url) {
+            (Some(_), Some(_)) => bail!(
+                "[[jwt.oidc]] {:?}: set `jwks-file` or `jwks-url`, not both",
+                cfg.issuer
+            ),
+            (None, Some(url)) => check_fetch_url(url)
+                .with_context(|| format!("[[jwt.oidc]] {:?}: jwks-url", cfg.issuer))?,
+            (None, None) => check_fetch_url(&discovery_url(&cfg.issuer))
+                .with_context(|| format!("[[jwt.oidc]] {:?}: OpenID discovery", cfg.issuer))?,
+            (Some(_), None) => {}
+        }
         cfg.grants()?;
     }
     Ok(())
+}
+
+/// How often fetched key sets are fetched again.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(300);
+/// The least time between two fetches of one issuer's keys (after a failure, or when a token
+/// names an unknown `kid`).
+pub const MIN_REFETCH: Duration = Duration::from_secs(30);
+/// Largest discovery document or JWKS accepted.
+const MAX_DOCUMENT: usize = 1 << 20;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn discovery_url(issuer: &str) -> String {
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
+}
+
+/// Keys are fetched over https; plain http only from this machine (tests, a local proxy),
+/// since anyone on the path could otherwise swap the keys.
+fn check_fetch_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("{url:?} is not a URL"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => bail!("{url:?}: keys are fetched over https only (http on loopback)"),
+    }
 }
 
 fn read_jwks(path: &Path) -> anyhow::Result<Jwks> {
@@ -109,29 +166,111 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
     std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
 }
 
+/// GET `url`, at most [`MAX_DOCUMENT`] bytes of a 200 answer.
+async fn get_limited(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<u8>> {
+    let mut resp = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        bail!("GET {url}: HTTP {}", resp.status());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.with_context(|| format!("GET {url}"))? {
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            bail!("GET {url}: larger than {MAX_DOCUMENT} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+/// The issuer's key set from its `jwks-url` or its discovery document, with the digest of
+/// the JWKS body.
+async fn fetch_jwks(
+    http: &reqwest::Client,
+    cfg: &OidcIssuerConfig,
+) -> anyhow::Result<([u8; 32], Jwks)> {
+    let url = match &cfg.jwks_url {
+        Some(url) => url.clone(),
+        None => {
+            let url = discovery_url(&cfg.issuer);
+            let body = get_limited(http, &url).await?;
+            let d: Discovery = serde_json::from_slice(&body)
+                .with_context(|| format!("{url}: not an OpenID discovery document"))?;
+            // OpenID Connect Discovery §4.3: the document must name the issuer it was asked for.
+            if d.issuer != cfg.issuer {
+                bail!("{url} names issuer {:?}", d.issuer);
+            }
+            check_fetch_url(&d.jwks_uri).with_context(|| format!("{url}: jwks_uri"))?;
+            d.jwks_uri
+        }
+    };
+    let body = get_limited(http, &url).await?;
+    let jwks = Jwks::parse(&body).with_context(|| format!("parsing {url}"))?;
+    Ok((Sha256::digest(&body).into(), jwks))
+}
+
+/// One issuer's keys and where they stand.
+struct Loaded {
+    /// Digest of the key file or fetched body last used.
+    seen: Option<[u8; 32]>,
+    jwks: Arc<Jwks>,
+    /// Fetched sets: when the last fetch was tried, and when the next is due.
+    tried: Option<Instant>,
+    due: Instant,
+}
+
 /// Keeps the issuers' key sets current: [`OidcKeys::poll`] re-reads a key file whose content
-/// changed and installs a new verifier when anything did.
+/// changed, fetches remote sets when due, and installs a new verifier when anything changed.
 pub struct OidcKeys {
     configs: Vec<OidcIssuerConfig>,
     leeway: u64,
-    /// Per issuer: the digest last read and the keys in use.
-    loaded: Vec<(Option<[u8; 32]>, Arc<Jwks>)>,
+    loaded: Vec<Loaded>,
+    http: reqwest::Client,
+    /// A token asked for an unknown `kid` and some remote set could not be fetched again
+    /// yet ([`MIN_REFETCH`]): the wish stays until it can.
+    wanted: bool,
 }
 
 impl OidcKeys {
-    /// Reads every key file once; unreadable ones are logged and retried by `poll`.
+    /// Reads every key file once (remote sets wait for the first `poll`); unreadable ones
+    /// are logged and retried by `poll`.
     pub fn load(configs: &[OidcIssuerConfig], leeway: u64) -> Self {
+        let now = Instant::now();
+        let http = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         let mut keys = OidcKeys {
             configs: configs.to_vec(),
             leeway,
-            loaded: vec![(None, Arc::new(Jwks::default())); configs.len()],
+            loaded: configs
+                .iter()
+                .map(|_| Loaded {
+                    seen: None,
+                    jwks: Arc::new(Jwks::default()),
+                    tried: None,
+                    due: now,
+                })
+                .collect(),
+            http,
+            wanted: false,
         };
-        keys.refresh();
-        for (cfg, (seen, _)) in keys.configs.iter().zip(&keys.loaded) {
-            if seen.is_none() {
+        keys.refresh_files();
+        for (cfg, l) in keys.configs.iter().zip(&keys.loaded) {
+            if let (Some(file), None) = (&cfg.jwks_file, l.seen) {
                 tracing::warn!(
                     issuer = %cfg.issuer,
-                    file = %cfg.jwks_file.display(),
+                    file = %file.display(),
                     "JWKS file not readable yet; this issuer's tokens are refused until it is"
                 );
             }
@@ -145,10 +284,10 @@ impl OidcKeys {
             .configs
             .iter()
             .zip(&self.loaded)
-            .map(|(cfg, (_, jwks))| Issuer {
+            .map(|(cfg, l)| Issuer {
                 issuer: cfg.issuer.clone(),
                 audiences: cfg.audience.clone(),
-                jwks: jwks.clone(),
+                jwks: l.jwks.clone(),
                 // Validated when the config was loaded.
                 grants: cfg.grants().unwrap_or_default(),
             })
@@ -158,22 +297,25 @@ impl OidcKeys {
 
     /// Re-reads key files whose content changed; true when a key set changed. A file that
     /// vanished or does not parse leaves the keys in use as they are.
-    fn refresh(&mut self) -> bool {
+    fn refresh_files(&mut self) -> bool {
         let mut changed = false;
-        for (cfg, (seen, jwks)) in self.configs.iter().zip(self.loaded.iter_mut()) {
-            let now = digest(&cfg.jwks_file);
-            if now == *seen {
+        for (cfg, l) in self.configs.iter().zip(self.loaded.iter_mut()) {
+            let Some(file) = &cfg.jwks_file else {
+                continue;
+            };
+            let now = digest(file);
+            if now == l.seen {
                 continue;
             }
-            *seen = now;
+            l.seen = now;
             if now.is_none() {
-                tracing::warn!(issuer = %cfg.issuer, file = %cfg.jwks_file.display(), "JWKS file is gone; keeping its keys");
+                tracing::warn!(issuer = %cfg.issuer, file = %file.display(), "JWKS file is gone; keeping its keys");
                 continue;
             }
-            match read_jwks(&cfg.jwks_file) {
+            match read_jwks(file) {
                 Ok(keys) => {
                     tracing::info!(issuer = %cfg.issuer, keys = keys.len(), "identity-token keys loaded");
-                    *jwks = Arc::new(keys);
+                    l.jwks = Arc::new(keys);
                     changed = true;
                 }
                 Err(e) => tracing::warn!(
@@ -186,8 +328,52 @@ impl OidcKeys {
         changed
     }
 
-    /// Applies a reloaded config's issuers (keys are re-read) and changed key files.
-    pub fn poll(&mut self, state: &SharedState, new_configs: Option<&[OidcIssuerConfig]>) {
+    /// Fetches the remote key sets that are due; `wanted` (a token named an unknown `kid`)
+    /// makes every remote set due that was not tried within [`MIN_REFETCH`], now or, for
+    /// those tried too recently, as soon as that time has passed.
+    async fn refresh_remote(&mut self, wanted: bool) -> bool {
+        let mut changed = false;
+        let now = Instant::now();
+        let wanted = wanted || self.wanted;
+        self.wanted = false;
+        for (cfg, l) in self.configs.iter().zip(self.loaded.iter_mut()) {
+            if cfg.jwks_file.is_some() {
+                continue;
+            }
+            let recently = l.tried.is_some_and(|t| now < t + MIN_REFETCH);
+            if wanted && recently {
+                self.wanted = true;
+            }
+            if !(now >= l.due || (wanted && !recently)) {
+                continue;
+            }
+            l.tried = Some(now);
+            match fetch_jwks(&self.http, cfg).await {
+                Ok((fingerprint, keys)) => {
+                    l.due = now + REFRESH_EVERY;
+                    if l.seen != Some(fingerprint) {
+                        tracing::info!(issuer = %cfg.issuer, keys = keys.len(), "identity-token keys fetched");
+                        l.seen = Some(fingerprint);
+                        l.jwks = Arc::new(keys);
+                        changed = true;
+                    }
+                }
+                Err(e) => {
+                    l.due = now + MIN_REFETCH;
+                    tracing::warn!(
+                        issuer = %cfg.issuer,
+                        error = format!("{e:#}"),
+                        "fetching identity-token keys failed; keeping this issuer's previous keys"
+                    );
+                }
+            }
+        }
+        changed
+    }
+
+    /// Applies a reloaded config's issuers (keys are read again), changed key files and
+    /// remote key sets that are due.
+    pub async fn poll(&mut self, state: &SharedState, new_configs: Option<&[OidcIssuerConfig]>) {
         let mut changed = false;
         if let Some(configs) = new_configs {
             if configs != self.configs.as_slice() {
@@ -195,7 +381,8 @@ impl OidcKeys {
                 changed = true;
             }
         }
-        changed |= self.refresh();
+        changed |= self.refresh_files();
+        changed |= self.refresh_remote(state.take_oidc_refresh_wanted()).await;
         if changed {
             state.set_oidc(self.verifier());
         }

@@ -111,6 +111,8 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
         let mut config_seen = source.file.as_deref().and_then(digest);
         let mut revocation_path: Option<PathBuf> = state.config.jwt.revocation_list.clone();
         let mut revocation_seen = revocation_path.as_deref().and_then(digest);
+        // Fetched key sets are there from the start, not after the first poll.
+        oidc.poll(&state, None).await;
         loop {
             tokio::time::sleep(POLL).await;
             let mut changed = false;
@@ -146,7 +148,7 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
             if changed || retry {
                 declared.apply(&state).await;
             }
-            oidc.poll(&state, new_oidc.as_deref());
+            oidc.poll(&state, new_oidc.as_deref()).await;
             if let Some(path) = &revocation_path {
                 let now = digest(path);
                 if now.is_some() && now != revocation_seen {

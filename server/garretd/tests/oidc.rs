@@ -601,6 +601,29 @@ fn invalid_oidc_settings_are_refused_at_start() {
             valid.replace("jwks-file", "jwks-uri"),
             "jwks-uri",
         ),
+        (
+            "file and url",
+            valid.replace(
+                "jwks-file = \"/x\"",
+                "jwks-file = \"/x\"\njwks-url = \"https://i/k\"",
+            ),
+            "not both",
+        ),
+        (
+            "plain http off loopback",
+            valid.replace(
+                "jwks-file = \"/x\"",
+                "jwks-url = \"http://keys.example/jwks\"",
+            ),
+            "https only",
+        ),
+        (
+            "discovery over plain http",
+            valid
+                .replace("jwks-file = \"/x\"\n", "")
+                .replace("https://i", "http://issuer.example"),
+            "https only",
+        ),
     ];
     for (what, text, needle) in cases {
         let out = check(&text);
@@ -608,4 +631,134 @@ fn invalid_oidc_settings_are_refused_at_start() {
         assert!(!out.status.success(), "{what}: accepted");
         assert!(stderr.contains(needle), "{what}: {stderr}");
     }
+}
+
+/// An issuer on loopback serving its discovery document and JWKS, counting JWKS fetches.
+struct IssuerServer {
+    url: String,
+    jwks: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for IssuerServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn issuer_server(keys: &[&Signer]) -> IssuerServer {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let doc = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
+    let jwks = Arc::new(Mutex::new(doc.to_string()));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/keys")}).to_string();
+    let (served, counted) = (jwks.clone(), fetches.clone());
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || async move { discovery }),
+        )
+        .route(
+            "/keys",
+            axum::routing::get(move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                served.lock().map(|j| j.clone()).unwrap_or_default()
+            }),
+        );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    IssuerServer {
+        url,
+        jwks,
+        fetches,
+        task,
+    }
+}
+
+/// Whether `token` reaches cache-config of `cache` within a minute (keys are fetched in the
+/// background).
+async fn accepted_soon(api: &Api, token: &str, cache: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if config_status(api, token, cache).await.0 == StatusCode::OK {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Keys from the issuer's discovery document: fetched at start, fetched again when a token
+/// names a new `kid`, and not more often than the minimum interval however many unknown
+/// `kid`s arrive.
+#[tokio::test]
+async fn discovered_keys_are_fetched_and_refreshed_on_an_unknown_kid_at_a_bounded_rate() {
+    use std::sync::atomic::Ordering;
+    let a = rsa_signer("a");
+    let b = ec_signer("b");
+    let issuer = issuer_server(&[&a]).await;
+    let config = format!(
+        r#"
+[[jwt.oidc]]
+issuer = "{url}"
+audience = "{AUDIENCE}"
+
+[[jwt.oidc.grants]]
+match = {{ sub = "{PUSHER}" }}
+caches = {{ "team-*" = "rw" }}
+"#,
+        url = issuer.url
+    );
+    let g = Garretd::start_with(Some(&config), &[]);
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, "team-a", false).await.status(),
+        StatusCode::OK
+    );
+    let token = |signer: &Signer| {
+        let mut c = sa_claims(PUSHER);
+        c["iss"] = json!(issuer.url);
+        signer.sign(&c)
+    };
+    assert!(
+        accepted_soon(&api, &token(&a), "team-a").await,
+        "key a from the discovered JWKS"
+    );
+    let (status, body) = push(&api, &token(&a), "team-a", "discovered").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The issuer adds key b; the first token naming it makes garretd fetch again.
+    if let Ok(mut j) = issuer.jwks.lock() {
+        *j = json!({"keys": [a.jwk.clone(), b.jwk.clone()]}).to_string();
+    }
+    assert!(
+        accepted_soon(&api, &token(&b), "team-a").await,
+        "key b after a refetch"
+    );
+
+    // A burst of unknown kids right after a fetch asks the issuer at most once more.
+    let before = issuer.fetches.load(Ordering::SeqCst);
+    for i in 0..40 {
+        let stray = ec_signer(&format!("stray-{i}"));
+        let (status, _) = config_status(&api, &token(&stray), "team-a").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = issuer.fetches.load(Ordering::SeqCst);
+    assert!(after <= before + 1, "{before} → {after} JWKS fetches");
+    // Keys already known keep working throughout.
+    assert_eq!(
+        config_status(&api, &token(&a), "team-a").await.0,
+        StatusCode::OK
+    );
 }

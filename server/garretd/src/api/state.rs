@@ -30,6 +30,9 @@ pub struct AppState {
     /// Trusted identity-token issuers (`[[jwt.oidc]]`); replaced whole when their settings
     /// or key files change.
     oidc: std::sync::RwLock<Arc<OidcVerifier>>,
+    /// A token named a `kid` its issuer's fetched key set lacks: fetch again (rate-bounded
+    /// by `oidc::MIN_REFETCH`).
+    oidc_refresh_wanted: std::sync::atomic::AtomicBool,
     /// What requests are checked against: the file's list plus the pushed entries it does
     /// not have yet. Replaced whole when either changes.
     revoked: std::sync::RwLock<Arc<RevocationList>>,
@@ -60,6 +63,7 @@ impl AppState {
             store,
             revoked: Default::default(),
             oidc: Default::default(),
+            oidc_refresh_wanted: Default::default(),
             revocation_sources: Default::default(),
             tokens: Cache::builder()
                 .max_capacity(10_000)
@@ -102,6 +106,10 @@ impl AppState {
                     .and_then(|o| o.verify(token, now))
                     .unwrap_or_else(|| self.verifier.verify(token, now))
                     .map(Arc::new);
+                if matches!(&v, Err(Rejection::UnknownKey)) {
+                    self.oidc_refresh_wanted
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 if !matches!(&v, Err(r) if r.is_time_dependent()) {
                     self.tokens.insert(key, v.clone());
                 }
@@ -164,6 +172,12 @@ impl AppState {
             *o = Arc::new(verifier);
         }
         self.tokens.invalidate_all();
+    }
+
+    /// Whether a token asked for keys an issuer's set lacks since the last call.
+    pub fn take_oidc_refresh_wanted(&self) -> bool {
+        self.oidc_refresh_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A live cache by name, from memory when recently seen.
