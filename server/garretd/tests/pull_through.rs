@@ -464,3 +464,127 @@ async fn declared_upstream_with_garage_storage() {
         std::fs::read(format!("{}{}/blob", f.store_a, f.top)).unwrap()
     );
 }
+
+/// A NAR that does not match its signed narinfo is never stored: the first client's body
+/// breaks off, and the next request asks the upstream again.
+#[tokio::test]
+async fn a_nar_not_matching_its_narinfo_is_not_stored() {
+    if !require_nix() {
+        return;
+    }
+    let f = fixture("none", true);
+    // Flip one byte inside the top path's NAR (its blob of random data).
+    let h = hash_of(&f.top);
+    let narinfo = std::fs::read_to_string(f.upstream_dir.join(format!("{h}.narinfo"))).unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap();
+    let nar_file = f.upstream_dir.join(url);
+    let mut bytes = std::fs::read(&nar_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&nar_file, &bytes).unwrap();
+
+    let up = Upstream::start(f.upstream_dir.clone()).await;
+    let (g, api, admin) = server_with_cache("mirror", true).await;
+    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let r = api.get(&format!("mirror/{h}.narinfo"), None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    for round in 1..=2 {
+        let r = api.get(&format!("mirror/nar/{h}.nar"), None).await;
+        // Either the status already says so or the body breaks off; never a clean NAR.
+        if r.status() == StatusCode::OK {
+            assert!(
+                r.bytes().await.is_err(),
+                "round {round}: the body must not end cleanly"
+            );
+        }
+        assert_eq!(g.count("objects"), 0, "round {round}: nothing stored");
+        assert_eq!(
+            up.count(url),
+            round,
+            "round {round}: asked again after a failure"
+        );
+    }
+    assert!(g.logged("pull from upstream failed; nothing stored"));
+    // Nix refuses it too.
+    let key = api.public_key(None, "mirror").await;
+    let out = f.nix.realise_from(
+        &f.nix.store("B"),
+        &f.top,
+        &format!("{}/mirror", g.url),
+        &key,
+        &[],
+    );
+    assert!(!out.status.success());
+}
+
+/// Upstreams are asked by ascending priority, and a miss at one falls through to the next.
+#[tokio::test]
+async fn upstreams_are_asked_in_priority_order() {
+    if !require_nix() {
+        return;
+    }
+    let f = fixture("xz", true);
+    let empty = tempfile::tempdir().unwrap();
+    let holder = Upstream::start(f.upstream_dir.clone()).await;
+    let nothing = Upstream::start(empty.path().to_path_buf()).await;
+    let (_g, api, admin) = server_with_cache("a", true).await;
+    assert_eq!(
+        api.create_cache(&admin, "b", true).await.status(),
+        StatusCode::OK
+    );
+    let both = |first: &Upstream, second: &Upstream| {
+        json!({ "upstreams": [
+            { "url": second.url, "public_keys": [f.upstream_key], "priority": 20 },
+            { "url": first.url, "public_keys": [f.upstream_key], "priority": 10 },
+        ] })
+    };
+    let ok = |r: reqwest::Response| assert_eq!(r.status(), StatusCode::OK);
+    ok(api.patch_config(&admin, "a", both(&nothing, &holder)).await);
+    ok(api.patch_config(&admin, "b", both(&holder, &nothing)).await);
+    let top = hash_of(&f.top);
+    let dep = hash_of(&f.dep);
+
+    // a: the empty upstream first (a miss), then the one that has it.
+    ok(api.get(&format!("a/{top}.narinfo"), None).await);
+    assert_eq!(nothing.count(&format!("{top}.narinfo")), 1);
+    assert_eq!(holder.count(&format!("{top}.narinfo")), 1);
+    // b: the holder first; the empty one is never asked.
+    ok(api.get(&format!("b/{dep}.narinfo"), None).await);
+    assert_eq!(holder.count(&format!("{dep}.narinfo")), 1);
+    assert_eq!(nothing.count(&format!("{dep}.narinfo")), 0);
+}
+
+/// An upstream that accepts connections and never answers is a miss once
+/// `[pull-through] timeout` has passed, not a hung request or a 5xx.
+#[tokio::test]
+async fn a_silent_upstream_is_a_miss() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    // Accepts and holds every connection, answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let key = garret_core::nix::signing::Keypair::generate("up-1")
+        .unwrap()
+        .public_key()
+        .to_string();
+    let config = format!(
+        "[[caches]]\nname = \"mirror\"\npublic = true\n\
+         upstreams = [{{ url = \"{url}\", public-keys = [\"{key}\"] }}]\n\n\
+         [pull-through]\ntimeout = \"1 s\"\n"
+    );
+    let g = Garretd::start_with(Some(&config), &[]);
+    let api = g.client();
+    let h = fake_hash("silent");
+    let r = api.get(&format!("mirror/{h}.narinfo"), None).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = api.get(&format!("mirror/nar/{h}.nar"), None).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(g.logged("no narinfo answer within"));
+}
