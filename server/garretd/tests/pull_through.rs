@@ -588,3 +588,59 @@ async fn a_silent_upstream_is_a_miss() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(g.logged("no narinfo answer within"));
 }
+
+/// Pulled paths are ordinary objects: retention expires them and GC frees them; once gone,
+/// the next miss pulls them again.
+#[tokio::test]
+async fn retention_and_gc_treat_pulled_paths_like_pushed_ones() {
+    if !require_nix() {
+        return;
+    }
+    let f = fixture("zstd", true);
+    let up = Upstream::start(f.upstream_dir.clone()).await;
+    let g = Garretd::start_with(
+        Some("[garbage-collection]\ninterval = 0\norphan-grace-period = 0\n"),
+        &[],
+    );
+    let api = g.client();
+    let admin = g.admin_token();
+    assert_eq!(
+        api.create_cache(&admin, "mirror", true).await.status(),
+        StatusCode::OK
+    );
+    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let r = api
+        .patch_config(
+            &admin,
+            "mirror",
+            json!({"retention_period": {"Period": 3600}}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let h = hash_of(&f.top);
+    let nar = api.nar(&format!("mirror/nar/{h}.nar"), None).await;
+    assert!(!nar.is_empty());
+    assert_eq!(g.count("objects"), 1);
+    let chunks = g.count("chunks");
+    assert!(chunks > 0);
+
+    // Past its retention, GC removes the object and its chunks.
+    g.age_data(2 * 3600);
+    let out = g.run(&["gc"]);
+    assert!(out.status.success(), "gc failed");
+    assert_eq!(g.count("objects"), 0);
+    assert_eq!(g.sql("SELECT COUNT(*) FROM chunks WHERE state = 'V'"), "0");
+    // With the upstream down, a path never looked up before is a plain miss.
+    up.down.store(true, Ordering::SeqCst);
+    let fetches = up.count(".nar.zst");
+    let r = api
+        .get(&format!("mirror/nar/{}.nar", hash_of(&f.dep)), None)
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Back up: the next request for the collected path pulls it again.
+    up.down.store(false, Ordering::SeqCst);
+    let again = api.nar(&format!("mirror/nar/{h}.nar"), None).await;
+    assert_eq!(again, nar);
+    assert_eq!(up.count(".nar.zst"), fetches + 1);
+    assert_eq!(g.count("objects"), 1);
+}
