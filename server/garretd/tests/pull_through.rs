@@ -644,3 +644,36 @@ async fn retention_and_gc_treat_pulled_paths_like_pushed_ones() {
     assert_eq!(up.count(".nar.zst"), fetches + 1);
     assert_eq!(g.count("objects"), 1);
 }
+
+/// `garret push` to a pull-through cache uploads nothing an upstream has, and fetches no
+/// NAR to find that out.
+#[tokio::test]
+async fn garret_push_skips_paths_an_upstream_has() {
+    if !require_nix() {
+        return;
+    }
+    let f = fixture("xz", true);
+    let up = Upstream::start(f.upstream_dir.clone()).await;
+    let (g, api, admin) = server_with_cache("mirror", true).await;
+    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let out = f
+        .nix
+        .cmd(workspace_bin("garret"))
+        .args(["push", "mirror", &f.top])
+        .env("NIX_REMOTE", format!("local?root={}", f.store_a))
+        .env("GARRET_SERVER", format!("{}/", g.url))
+        .env("GARRET_TOKEN", &admin)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(out.status.success(), "garret push failed");
+    assert!(err.contains("0 paths to push to mirror"), "{err}");
+    assert_eq!(up.count(".narinfo"), 2);
+    assert_eq!(up.count(".nar.xz"), 0);
+    assert_eq!(
+        g.count("objects"),
+        0,
+        "nothing uploaded, nothing pulled yet"
+    );
+}
