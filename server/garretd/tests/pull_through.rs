@@ -677,3 +677,27 @@ async fn garret_push_skips_paths_an_upstream_has() {
         "nothing uploaded, nothing pulled yet"
     );
 }
+
+/// An upstream whose narinfo is there but whose NAR is not: a retryable 503 (Nix retries
+/// transient errors), nothing stored.
+#[tokio::test]
+async fn a_missing_upstream_nar_is_a_503_and_nothing_is_stored() {
+    if !require_nix() {
+        return;
+    }
+    let f = fixture("xz", true);
+    let h = hash_of(&f.top);
+    let narinfo = std::fs::read_to_string(f.upstream_dir.join(format!("{h}.narinfo"))).unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap();
+    std::fs::remove_file(f.upstream_dir.join(url)).unwrap();
+    let up = Upstream::start(f.upstream_dir.clone()).await;
+    let (g, api, admin) = server_with_cache("mirror", true).await;
+    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let r = api.get(&format!("mirror/nar/{h}.nar"), None).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.count(url), 1);
+    assert_eq!(g.count("objects"), 0);
+}

@@ -212,7 +212,22 @@ async fn pull_nar(
         .pull(&state.store, c.clone(), found)
         .await
     {
-        Pull::Leader(stream) => {
+        Pull::Leader(mut stream) => {
+            // As for stored NARs: wait for the first bytes, so an upstream that fails at
+            // once is a retryable 503, not a 200 whose body breaks off.
+            let first = match futures::StreamExt::next(&mut stream).await {
+                Some(Ok(piece)) => piece,
+                Some(Err(e)) => return Err(ServerError::Unavailable(e.to_string())),
+                None => {
+                    return Err(ServerError::Unavailable(
+                        "the upstream sent an empty NAR".into(),
+                    ))
+                }
+            };
+            let stream = Box::pin(futures::StreamExt::chain(
+                futures::stream::once(async move { Ok(first) }),
+                stream,
+            ));
             let body = crate::upstream::client_body(stream, local_compression(state)?);
             Ok(with_visibility(nar(body)?, &c))
         }
