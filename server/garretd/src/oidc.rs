@@ -388,3 +388,25 @@ impl OidcKeys {
         }
     }
 }
+
+/// Keeps the issuers' key sets current in a task of its own (key files polled every
+/// `watch::POLL`, remote sets fetched when due), so a slow issuer never delays the other
+/// reloads; `configs` carries the issuers of each reloaded config file.
+pub fn spawn_refresh(
+    state: SharedState,
+    mut configs: tokio::sync::watch::Receiver<Vec<OidcIssuerConfig>>,
+) {
+    let first = configs.borrow_and_update().clone();
+    let mut keys = OidcKeys::load(&first, state.config.jwt.leeway);
+    tokio::spawn(async move {
+        loop {
+            let reloaded = if configs.has_changed().unwrap_or(false) {
+                Some(configs.borrow_and_update().clone())
+            } else {
+                None
+            };
+            keys.poll(&state, reloaded.as_deref()).await;
+            tokio::time::sleep(crate::watch::POLL).await;
+        }
+    });
+}

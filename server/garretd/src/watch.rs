@@ -106,17 +106,17 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
         next_try: Instant::now() + RETRY_FIRST,
     };
     declared.publish();
-    let mut oidc = crate::oidc::OidcKeys::load(&state.config.jwt.oidc, state.config.jwt.leeway);
+    // Identity-issuer keys are refreshed in a task of their own: a slow issuer must not
+    // delay the config and revocation reloads here.
+    let (oidc_tx, oidc_rx) = tokio::sync::watch::channel(state.config.jwt.oidc.clone());
+    crate::oidc::spawn_refresh(state.clone(), oidc_rx);
     tokio::spawn(async move {
         let mut config_seen = source.file.as_deref().and_then(digest);
         let mut revocation_path: Option<PathBuf> = state.config.jwt.revocation_list.clone();
         let mut revocation_seen = revocation_path.as_deref().and_then(digest);
-        // Fetched key sets are there from the start, not after the first poll.
-        oidc.poll(&state, None).await;
         loop {
             tokio::time::sleep(POLL).await;
             let mut changed = false;
-            let mut new_oidc = None;
             if let Some(file) = &source.file {
                 let now = digest(file);
                 if now.is_some() && now != config_seen {
@@ -124,7 +124,7 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
                     match Config::load(&source) {
                         Ok(cfg) => {
                             declared.caches = cfg.caches.clone();
-                            new_oidc = Some(cfg.jwt.oidc.clone());
+                            let _ = oidc_tx.send(cfg.jwt.oidc.clone());
                             declared.file_valid = true;
                             changed = true;
                             if cfg.jwt.revocation_list != revocation_path {
@@ -148,7 +148,6 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
             if changed || retry {
                 declared.apply(&state).await;
             }
-            oidc.poll(&state, new_oidc.as_deref()).await;
             if let Some(path) = &revocation_path {
                 let now = digest(path);
                 if now.is_some() && now != revocation_seen {
