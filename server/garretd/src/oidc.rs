@@ -93,8 +93,16 @@ impl OidcIssuerConfig {
 }
 
 /// Checks every issuer's settings (not its key file, which may appear later).
-pub fn validate(issuers: &[OidcIssuerConfig]) -> anyhow::Result<()> {
+/// `attic_issuer` is `[jwt] token-bound-issuer`: tokens naming an identity issuer are judged
+/// as identity tokens only, so the two must differ.
+pub fn validate(issuers: &[OidcIssuerConfig], attic_issuer: Option<&str>) -> anyhow::Result<()> {
     for (i, cfg) in issuers.iter().enumerate() {
+        if Some(cfg.issuer.as_str()) == attic_issuer {
+            bail!(
+                "[[jwt.oidc]] {:?} is also `token-bound-issuer`: Attic tokens of that issuer would be judged as identity tokens",
+                cfg.issuer
+            );
+        }
         if cfg.issuer.is_empty() {
             bail!("[[jwt.oidc]] entry {} has an empty issuer", i + 1);
         }

@@ -602,6 +602,11 @@ fn invalid_oidc_settings_are_refused_at_start() {
             "jwks-uri",
         ),
         (
+            "also Attic's bound issuer",
+            format!("[jwt]\ntoken-bound-issuer = \"https://i\"\n{valid}"),
+            "token-bound-issuer",
+        ),
+        (
             "file and url",
             valid.replace(
                 "jwks-file = \"/x\"",

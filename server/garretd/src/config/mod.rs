@@ -482,7 +482,7 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
-        crate::oidc::validate(&self.jwt.oidc)?;
+        crate::oidc::validate(&self.jwt.oidc, self.jwt.token_bound_issuer.as_deref())?;
         if let Some(ep) = &self.api_endpoint {
             if !ep.ends_with('/') {
                 bail!("api-endpoint must end with '/' (got {ep:?})");
