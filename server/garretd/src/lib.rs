@@ -18,5 +18,5 @@ pub mod oidc;
 pub mod secrets;
 pub mod server;
 pub mod store;
-pub mod watch;
 pub mod upstream;
+pub mod watch;
