@@ -526,6 +526,28 @@ async fn revocation_and_key_rotation_apply_while_running() {
         StatusCode::OK
     );
 
+    // Revoking one token by its jti refuses that token only.
+    let mut one = sa_claims(PUSHER);
+    one["jti"] = json!("revoke-me");
+    let one = s.ec.sign(&one);
+    let other = s.ec.sign(&sa_claims(PUSHER));
+    assert_eq!(config_status(&api, &one, "team-a").await.0, StatusCode::OK);
+    std::fs::write(s.revoked(), "revoke-me\n").expect("revoke jti");
+    let mut revoked = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !revoked && std::time::Instant::now() < deadline {
+        let (status, body) = config_status(&api, &one, "team-a").await;
+        revoked = status == StatusCode::UNAUTHORIZED && body.contains("revoked");
+        if !revoked {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(revoked, "revoked by jti, remembered verdict included");
+    assert_eq!(
+        config_status(&api, &other, "team-a").await.0,
+        StatusCode::OK
+    );
+
     // Revoking the subject refuses every token of that identity.
     std::fs::write(s.revoked(), format!("sub:{PUSHER}\n")).expect("revoke");
     let mut revoked = false;
