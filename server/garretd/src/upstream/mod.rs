@@ -144,7 +144,21 @@ impl PullThrough {
                         ups,
                         cache.row.store_dir.clone(),
                     ));
-                    let f = async move { task.await.ok().flatten() }.boxed().shared();
+                    let (inner, k) = (self.0.clone(), key.clone());
+                    let f = async move {
+                        match task.await {
+                            Ok(found) => found,
+                            // The task died before leaving the table: leave it for it.
+                            Err(_) => {
+                                if let Ok(mut flights) = inner.lookups.lock() {
+                                    flights.remove(&k);
+                                }
+                                None
+                            }
+                        }
+                    }
+                    .boxed()
+                    .shared();
                     flights.insert(key, f.clone());
                     f
                 }
@@ -200,7 +214,21 @@ impl PullThrough {
                         found,
                         tx,
                     ));
-                    let f = async move { task.await.unwrap_or(false) }.boxed().shared();
+                    let (inner, k) = (self.0.clone(), key.clone());
+                    let f = async move {
+                        match task.await {
+                            Ok(stored) => stored,
+                            // The task died before leaving the table: leave it for it.
+                            Err(_) => {
+                                if let Ok(mut flights) = inner.pulls.lock() {
+                                    flights.remove(&k);
+                                }
+                                false
+                            }
+                        }
+                    }
+                    .boxed()
+                    .shared();
                     flights.insert(key, f);
                     None
                 }
