@@ -176,3 +176,56 @@ pub async fn apply_yaml(
     }
     Ok(out)
 }
+
+/// The text of `key` in `secret` (empty when absent or not UTF-8).
+pub fn secret_text(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> String {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default()
+}
+
+/// A finished command's stdout then stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Apply the chart's ClusterRole and its binding as `helm template` renders them (release
+/// `garret-operator` in `garret-system`), so a test's operator identity has exactly the
+/// chart's grants.
+pub async fn apply_chart_rbac(admin: &Client) -> Result<()> {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/garret-operator");
+    let helm = crate::testbin_dir()?.join("helm");
+    let out = std::process::Command::new(&helm)
+        .args(["template", "garret-operator"])
+        .arg(&chart)
+        .args(["--namespace", "garret-system"])
+        .output()
+        .map_err(|source| Error::Io {
+            context: format!("running {}", helm.display()),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Yaml(format!("helm template: {}", output_text(&out))));
+    }
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout))
+            .map_err(|e| Error::Yaml(format!("parse the chart's output: {e}")))?;
+    let rbac = docs
+        .into_iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let opts = ApplyYaml {
+        force: true,
+        ..Default::default()
+    };
+    apply_yaml(admin, &rbac, &opts).await.map(drop)
+}

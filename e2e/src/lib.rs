@@ -46,7 +46,8 @@ use std::time::Duration;
 pub use binaries::{kubectl, testbin_dir, Binaries, BUILD_COMMAND, K8S_VERSION, TESTBIN_DIR_ENV};
 pub use control_plane::{ControlPlane, Identity, Options, ADMIN_USER};
 pub use helpers::{
-    apply_yaml, install_crd, install_crds_from, install_garret_crds, wait_for, ApplyYaml,
+    apply_chart_rbac, apply_yaml, install_crd, install_crds_from, install_garret_crds, output_text,
+    secret_text, wait_for, ApplyYaml,
 };
 pub use images::{
     build_images, default_bin_dir, ImageArchive, Images, GARRETD_REPOSITORY, IMAGES_BUILD_COMMAND,

@@ -6,8 +6,7 @@
 //! of the spec; it is server-side dry-run clean, follows spec changes, and is deleted when
 //! `spec.gateway` is removed. The CRD refuses obvious mistakes at apply time.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use garret_e2e::{testbin_dir, wait_for, ApplyYaml, ControlPlane, Identity, Options};
@@ -45,42 +44,6 @@ fn start_operator(client: Client, ns: &str) -> Operator {
     Operator(tokio::spawn(controller::run(client, settings)))
 }
 
-/// The chart's ClusterRole and its binding, as `helm template` renders them.
-async fn apply_chart_rbac(admin: &Client) {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/garret-operator");
-    let helm = testbin_dir().expect("testbin dir").join("helm");
-    let out = Command::new(&helm)
-        .args(["template", "garret-operator"])
-        .arg(&chart)
-        .args(["--namespace", "garret-system"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", helm.display()));
-    assert!(out.status.success(), "helm template: {}", text(&out));
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout))
-        .expect("parse chart output");
-    let rbac = docs
-        .into_iter()
-        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    let opts = ApplyYaml {
-        force: true,
-        ..Default::default()
-    };
-    garret_e2e::apply_yaml(admin, &rbac, &opts)
-        .await
-        .expect("apply chart RBAC");
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `kubectl apply --server-side --dry-run=server` of `yaml` in `ns`: (succeeded, output).
 fn dry_run(cp: &ControlPlane, ns: &str, yaml: &str) -> (bool, String) {
     use std::io::Write;
@@ -108,7 +71,10 @@ fn dry_run(cp: &ControlPlane, ns: &str, yaml: &str) -> (bool, String) {
         .expect("write stdin");
     let out = child.wait_with_output().expect("kubectl output");
     let warned = String::from_utf8_lossy(&out.stderr).contains("Warning");
-    (out.status.success() && !warned, text(&out))
+    (
+        out.status.success() && !warned,
+        garret_e2e::output_text(&out),
+    )
 }
 
 fn binary_cache(spec: Value) -> Value {
@@ -150,7 +116,9 @@ async fn spec_gateway_renders_an_http_route_once_the_gateway_api_is_installed() 
     garret_e2e::install_garret_crds(&admin, T)
         .await
         .expect("install CRDs");
-    apply_chart_rbac(&admin).await;
+    garret_e2e::apply_chart_rbac(&admin)
+        .await
+        .expect("apply the chart's RBAC");
     let ns = cp.create_namespace("gw").await.expect("namespace");
     let op_client = cp.client_for(OPERATOR_USER).await.expect("operator client");
     let _op = start_operator(op_client, &ns);

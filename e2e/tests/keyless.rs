@@ -11,15 +11,12 @@
 //! the test binaries (the chart's RBAC).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use garret_e2e::{
-    rerooted, start_rendered_garretd, testbin_dir, wait_for, ApplyYaml, ControlPlane, Identity,
-    Options,
-};
+use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane, Identity, Options};
 use garret_operator::controller::{self, Settings};
 use garret_operator::desired::{CACHE_KEYS_DIR, CONFIG_DIR, REVOCATIONS_DIR};
 use garret_operator::types::BinaryCache;
@@ -27,7 +24,6 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::Client;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -41,51 +37,6 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The chart's ClusterRole and its binding, as `helm template` renders them.
-async fn apply_chart_rbac(admin: &Client) {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/garret-operator");
-    let helm = testbin_dir().expect("testbin dir").join("helm");
-    let out = Command::new(&helm)
-        .args(["template", "garret-operator"])
-        .arg(&chart)
-        .args(["--namespace", "garret-system"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", helm.display()));
-    assert!(out.status.success(), "helm template: {}", text(&out));
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout))
-        .expect("parse chart output");
-    let rbac = docs
-        .into_iter()
-        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    let opts = ApplyYaml {
-        force: true,
-        ..Default::default()
-    };
-    garret_e2e::apply_yaml(admin, &rbac, &opts)
-        .await
-        .expect("apply chart RBAC");
-}
-
-fn data(secret: &Secret, key: &str) -> String {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .unwrap_or_default()
 }
 
 async fn token_request(sas: &Api<ServiceAccount>, name: &str, audience: &str) -> String {
@@ -222,7 +173,9 @@ async fn service_account_tokens_push_where_granted_and_nothing_else() {
     garret_e2e::install_garret_crds(&admin, T)
         .await
         .expect("install CRDs");
-    apply_chart_rbac(&admin).await;
+    garret_e2e::apply_chart_rbac(&admin)
+        .await
+        .expect("apply the chart's RBAC");
     // The chart's ClusterRole alone lets the operator read the issuer documents (the test
     // identity is also in system:serviceaccounts, which Kubernetes' default discovery
     // binding covers; the review asks for the user without that group).
@@ -332,7 +285,7 @@ async fn service_account_tokens_push_where_granted_and_nothing_else() {
     let g = start_rendered_garretd(
         root.path(),
         &server_toml,
-        &data(&key, "token-rs256-secret-base64"),
+        &garret_e2e::secret_text(&key, "token-rs256-secret-base64"),
     );
 
     let pusher = token_request(&sas, "pusher", &audience).await;

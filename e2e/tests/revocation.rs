@@ -78,15 +78,6 @@ fn cache_token(name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "garret.dev/v1alpha1", "kind": "CacheToken", "metadata": {"name": name}, "spec": spec})
 }
 
-fn data(secret: &Secret, key: &str) -> String {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .unwrap_or_default()
-}
-
 /// The token in Secret `name` once its `garret.dev/token-id` differs from `not`.
 async fn token_in(secrets: &Api<Secret>, name: &str, not: Option<&str>) -> (String, String) {
     wait_for(T, "a token in the Secret", || async {
@@ -100,7 +91,8 @@ async fn token_in(secrets: &Api<Secret>, name: &str, not: Option<&str>) -> (Stri
             .and_then(|a| a.get("garret.dev/token-id"))
             .cloned()
             .unwrap_or_default();
-        Ok((!id.is_empty() && Some(id.as_str()) != not).then(|| (data(&s, "token"), id)))
+        Ok((!id.is_empty() && Some(id.as_str()) != not)
+            .then(|| (garret_e2e::secret_text(&s, "token"), id)))
     })
     .await
     .expect("token minted")
@@ -272,7 +264,7 @@ async fn deleted_renamed_and_renewed_tokens_are_refused_by_a_real_garretd() {
     let g = start_rendered_garretd(
         root.path(),
         &server_toml,
-        &data(&key, "token-rs256-secret-base64"),
+        &garret_e2e::secret_text(&key, "token-rs256-secret-base64"),
     );
 
     let (ci, ci_id) = token_in(&secrets, "ci-token", None).await;
