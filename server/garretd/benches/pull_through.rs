@@ -141,6 +141,27 @@ impl std::io::Write for Counter {
     }
 }
 
+/// Milliseconds per path, alternating: the first of each pair straight from `upstream`, the
+/// second through `garret`.
+async fn alternate<T>(
+    http: &reqwest::Client,
+    upstream: &str,
+    garret: &str,
+    hashes: &[(String, T)],
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    for pair in hashes.chunks(2) {
+        let [(d, _), (g, _)] = pair else { continue };
+        let t = Instant::now();
+        substitute(http, upstream, d).await;
+        direct.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        substitute(http, garret, g).await;
+        through.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    (direct, through)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len() / 2;
@@ -199,16 +220,7 @@ async fn main() {
     );
     let cpu0 = cpu_secs(s.child.id());
     for (label, range) in [("large", 0..paths), ("small", paths..2 * paths)] {
-        let (mut direct, mut first) = (Vec::new(), Vec::new());
-        for pair in hashes[range].chunks(2) {
-            let [(d, _), (g, _)] = pair else { continue };
-            let t = Instant::now();
-            substitute(&http, &upstream, d).await;
-            direct.push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            substitute(&http, &garret, g).await;
-            first.push(t.elapsed().as_secs_f64() * 1e3);
-        }
+        let (direct, first) = alternate(&http, &upstream, &garret, &hashes[range]).await;
         let (d, f) = (median(direct), median(first));
         println!(
             "first miss, {label}: direct {d:.2} ms, through garret {f:.2} ms (median of {} each): {:.2}x direct",
@@ -219,16 +231,7 @@ async fn main() {
     let cpu_pull = cpu_secs(s.child.id()) - cpu0;
 
     // A hit on a small pulled path against the same request straight to the upstream.
-    let (mut direct, mut hit) = (Vec::new(), Vec::new());
-    for pair in hashes[paths..2 * paths].chunks(2) {
-        let [(d, _), (g, _)] = pair else { continue };
-        let t = Instant::now();
-        substitute(&http, &upstream, d).await;
-        direct.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        substitute(&http, &garret, g).await;
-        hit.push(t.elapsed().as_secs_f64() * 1e3);
-    }
+    let (direct, hit) = alternate(&http, &upstream, &garret, &hashes[paths..2 * paths]).await;
     let (d, h) = (median(direct), median(hit));
     println!(
         "hit, small: direct {d:.2} ms, garret {h:.2} ms (median of {} each): {:.2}x direct",

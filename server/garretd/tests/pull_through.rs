@@ -148,6 +148,27 @@ fn hash_of(path: &str) -> String {
 }
 
 /// Points `cache` at `upstream`, trusting `key`, through the API's cache config.
+/// `f`'s upstream served, and a fresh server whose public cache `mirror` pulls through it:
+/// the upstream, the server, its API and an all-rights token.
+async fn mirror_of(f: &Fixture) -> (Upstream, Garretd, Api, String) {
+    let up = Upstream::start(f.upstream_dir.clone()).await;
+    let (g, api, admin) = server_with_cache("mirror", true).await;
+    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    (up, g, api, admin)
+}
+
+/// The upstream's NAR of the path with hash `h`: its narinfo's `URL:` and the file.
+fn upstream_nar(f: &Fixture, h: &str) -> (String, std::path::PathBuf) {
+    let narinfo = std::fs::read_to_string(f.upstream_dir.join(format!("{h}.narinfo"))).unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_string();
+    let file = f.upstream_dir.join(&url);
+    (url, file)
+}
+
 async fn set_upstream(api: &Api, admin: &str, cache: &str, url: &str, key: &str) {
     let r = api
         .patch_config(
@@ -165,9 +186,7 @@ async fn nix_substitutes_through_garret_first_from_upstream_then_from_garret_alo
         return;
     }
     let f = fixture("xz", true);
-    let up = Upstream::start(f.upstream_dir.clone()).await;
-    let (g, api, admin) = server_with_cache("mirror", true).await;
-    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let (up, g, api, admin) = mirror_of(&f).await;
 
     // The extension field reads back; caches without upstreams do not carry it at all.
     let (_, cfg) = api.cache_config(Some(&admin), "mirror").await;
@@ -297,9 +316,7 @@ async fn concurrent_first_requests_make_one_upstream_fetch() {
         return;
     }
     let f = fixture("zstd", true);
-    let up = Upstream::start(f.upstream_dir.clone()).await;
-    let (g, api, admin) = server_with_cache("mirror", true).await;
-    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let (up, g, api, _admin) = mirror_of(&f).await;
     let h = hash_of(&f.top);
     const N: usize = 8;
 
@@ -391,9 +408,7 @@ async fn get_missing_paths_skips_what_an_upstream_has() {
         return;
     }
     let f = fixture("xz", true);
-    let up = Upstream::start(f.upstream_dir.clone()).await;
-    let (_g, api, admin) = server_with_cache("mirror", true).await;
-    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let (up, _g, api, admin) = mirror_of(&f).await;
     let absent = fake_hash("absent");
     let ask = || async {
         let r = api
@@ -475,20 +490,13 @@ async fn a_nar_not_matching_its_narinfo_is_not_stored() {
     let f = fixture("none", true);
     // Flip one byte inside the top path's NAR (its blob of random data).
     let h = hash_of(&f.top);
-    let narinfo = std::fs::read_to_string(f.upstream_dir.join(format!("{h}.narinfo"))).unwrap();
-    let url = narinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .unwrap();
-    let nar_file = f.upstream_dir.join(url);
+    let (url, nar_file) = upstream_nar(&f, &h);
     let mut bytes = std::fs::read(&nar_file).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&nar_file, &bytes).unwrap();
 
-    let up = Upstream::start(f.upstream_dir.clone()).await;
-    let (g, api, admin) = server_with_cache("mirror", true).await;
-    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let (up, g, api, _admin) = mirror_of(&f).await;
     let r = api.get(&format!("mirror/{h}.narinfo"), None).await;
     assert_eq!(r.status(), StatusCode::OK);
     for round in 1..=2 {
@@ -502,7 +510,7 @@ async fn a_nar_not_matching_its_narinfo_is_not_stored() {
         }
         assert_eq!(g.count("objects"), 0, "round {round}: nothing stored");
         assert_eq!(
-            up.count(url),
+            up.count(&url),
             round,
             "round {round}: asked again after a failure"
         );
@@ -653,9 +661,7 @@ async fn garret_push_skips_paths_an_upstream_has() {
         return;
     }
     let f = fixture("xz", true);
-    let up = Upstream::start(f.upstream_dir.clone()).await;
-    let (g, api, admin) = server_with_cache("mirror", true).await;
-    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let (up, g, _api, admin) = mirror_of(&f).await;
     let out = f
         .nix
         .cmd(workspace_bin("garret"))
@@ -687,17 +693,11 @@ async fn a_missing_upstream_nar_is_a_503_and_nothing_is_stored() {
     }
     let f = fixture("xz", true);
     let h = hash_of(&f.top);
-    let narinfo = std::fs::read_to_string(f.upstream_dir.join(format!("{h}.narinfo"))).unwrap();
-    let url = narinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .unwrap();
-    std::fs::remove_file(f.upstream_dir.join(url)).unwrap();
-    let up = Upstream::start(f.upstream_dir.clone()).await;
-    let (g, api, admin) = server_with_cache("mirror", true).await;
-    set_upstream(&api, &admin, "mirror", &up.url, &f.upstream_key).await;
+    let (url, nar_file) = upstream_nar(&f, &h);
+    std::fs::remove_file(nar_file).unwrap();
+    let (up, g, api, _admin) = mirror_of(&f).await;
     let r = api.get(&format!("mirror/nar/{h}.nar"), None).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(up.count(url), 1);
+    assert_eq!(up.count(&url), 1);
     assert_eq!(g.count("objects"), 0);
 }
