@@ -229,3 +229,20 @@ pub async fn apply_chart_rbac(admin: &Client) -> Result<()> {
     };
     apply_yaml(admin, &rbac, &opts).await.map(drop)
 }
+
+/// The identity the chart's ServiceAccount has on the API server.
+pub const OPERATOR_USER: &str = "system:serviceaccount:garret-system:garret-operator";
+
+/// A control plane that also knows the operator's identity ([`OPERATOR_USER`], in
+/// `system:serviceaccounts`), for tests that run the operator under the chart's RBAC.
+pub fn operator_options() -> crate::Options {
+    crate::Options::new()
+        .identity(crate::Identity::new(OPERATOR_USER).group("system:serviceaccounts"))
+}
+
+/// The admin client of `cp`, with the garret CRDs installed (idempotent).
+pub async fn admin_with_crds(cp: &crate::ControlPlane, timeout: Duration) -> Result<Client> {
+    let admin = cp.admin_client().await?;
+    install_garret_crds(&admin, timeout).await?;
+    Ok(admin)
+}

@@ -46,8 +46,9 @@ use std::time::Duration;
 pub use binaries::{kubectl, testbin_dir, Binaries, BUILD_COMMAND, K8S_VERSION, TESTBIN_DIR_ENV};
 pub use control_plane::{ControlPlane, Identity, Options, ADMIN_USER};
 pub use helpers::{
-    apply_chart_rbac, apply_yaml, install_crd, install_crds_from, install_garret_crds, output_text,
-    secret_text, wait_for, ApplyYaml,
+    admin_with_crds, apply_chart_rbac, apply_yaml, install_crd, install_crds_from,
+    install_garret_crds, operator_options, output_text, secret_text, wait_for, ApplyYaml,
+    OPERATOR_USER,
 };
 pub use images::{
     build_images, default_bin_dir, ImageArchive, Images, GARRETD_REPOSITORY, IMAGES_BUILD_COMMAND,

@@ -9,7 +9,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use garret_e2e::{testbin_dir, wait_for, ApplyYaml, ControlPlane, Identity, Options};
+use garret_e2e::OPERATOR_USER;
+use garret_e2e::{testbin_dir, wait_for, ApplyYaml, ControlPlane};
 use garret_operator::controller::{self, Settings};
 use garret_operator::types::BinaryCache;
 use k8s_openapi::api::core::v1::Service;
@@ -18,11 +19,9 @@ use kube::Client;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
-const OPERATOR_USER: &str = "system:serviceaccount:garret-system:garret-operator";
 
 async fn cp() -> &'static ControlPlane {
-    let options =
-        Options::new().identity(Identity::new(OPERATOR_USER).group("system:serviceaccounts"));
+    let options = garret_e2e::operator_options();
     ControlPlane::shared(options).await.expect("control plane")
 }
 
@@ -112,10 +111,9 @@ fn ready(bc: &BinaryCache) -> Option<(String, String, String)> {
 #[tokio::test]
 async fn spec_gateway_renders_an_http_route_once_the_gateway_api_is_installed() {
     let cp = cp().await;
-    let admin = cp.admin_client().await.expect("client");
-    garret_e2e::install_garret_crds(&admin, T)
+    let admin = garret_e2e::admin_with_crds(cp, T)
         .await
-        .expect("install CRDs");
+        .expect("admin client and CRDs");
     garret_e2e::apply_chart_rbac(&admin)
         .await
         .expect("apply the chart's RBAC");
@@ -305,10 +303,9 @@ spec:
 #[tokio::test]
 async fn the_crd_refuses_obvious_gateway_mistakes_at_apply_time() {
     let cp = cp().await;
-    let admin = cp.admin_client().await.expect("client");
-    garret_e2e::install_garret_crds(&admin, T)
+    let admin = garret_e2e::admin_with_crds(cp, T)
         .await
-        .expect("install CRDs");
+        .expect("admin client and CRDs");
     let ns = cp.create_namespace("gw-rules").await.expect("namespace");
     let caches: Api<BinaryCache> = Api::namespaced(admin.clone(), &ns);
     let cases = [

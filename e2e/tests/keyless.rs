@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane, Identity, Options};
+use garret_e2e::OPERATOR_USER;
+use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane};
 use garret_operator::controller::{self, Settings};
 use garret_operator::desired::{CACHE_KEYS_DIR, CONFIG_DIR, REVOCATIONS_DIR};
 use garret_operator::types::BinaryCache;
@@ -28,7 +29,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const T: Duration = Duration::from_secs(90);
-const OPERATOR_USER: &str = "system:serviceaccount:garret-system:garret-operator";
 
 /// The operator's controllers for one namespace; stopped when dropped.
 struct Operator(tokio::task::JoinHandle<()>);
@@ -166,13 +166,11 @@ fn sign_rs256(header: &Value, claims: &Value, key: &jsonwebtoken::EncodingKey) -
 
 #[tokio::test]
 async fn service_account_tokens_push_where_granted_and_nothing_else() {
-    let options =
-        Options::new().identity(Identity::new(OPERATOR_USER).group("system:serviceaccounts"));
+    let options = garret_e2e::operator_options();
     let cp = ControlPlane::shared(options).await.expect("control plane");
-    let admin = cp.admin_client().await.expect("client");
-    garret_e2e::install_garret_crds(&admin, T)
+    let admin = garret_e2e::admin_with_crds(cp, T)
         .await
-        .expect("install CRDs");
+        .expect("admin client and CRDs");
     garret_e2e::apply_chart_rbac(&admin)
         .await
         .expect("apply the chart's RBAC");
@@ -185,14 +183,17 @@ async fn service_account_tokens_push_where_granted_and_nothing_else() {
             "spec": {"user": OPERATOR_USER, "nonResourceAttributes": {"path": path, "verb": "get"}}
         }))
         .expect("review");
-        let answer = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .expect("SubjectAccessReview");
-        assert!(
-            answer.status.is_some_and(|s| s.allowed),
-            "the chart's ClusterRole allows GET {path}"
-        );
+        // RBAC reaches the authorizer through its informers: allowed soon, not at once.
+        wait_for(
+            T,
+            &format!("the chart's ClusterRole to allow GET {path}"),
+            || async {
+                let answer = reviews.create(&PostParams::default(), &review).await?;
+                Ok(answer.status.is_some_and(|s| s.allowed).then_some(()))
+            },
+        )
+        .await
+        .expect("the chart's ClusterRole allows the issuer documents");
     }
     let ns = cp.create_namespace("keyless").await.expect("namespace");
     let op_client = cp.client_for(OPERATOR_USER).await.expect("operator client");

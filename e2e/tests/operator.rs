@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use garret_core::token::{SigningKey, Verifier};
-use garret_e2e::{wait_for, ControlPlane, Identity, Options};
+use garret_e2e::OPERATOR_USER;
+use garret_e2e::{wait_for, ControlPlane};
 use garret_operator::controller::{self, Settings};
 use garret_operator::types::{BinaryCache, CacheToken};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -20,11 +21,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-const OPERATOR_USER: &str = "system:serviceaccount:garret-system:garret-operator";
 
 async fn cp() -> &'static ControlPlane {
-    let options =
-        Options::new().identity(Identity::new(OPERATOR_USER).group("system:serviceaccounts"));
+    let options = garret_e2e::operator_options();
     ControlPlane::shared(options).await.expect("control plane")
 }
 

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane, Identity, Options};
+use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane};
 use garret_operator::controller::{self, Settings};
 use garret_operator::desired::{CACHE_KEYS_DIR, REVOCATIONS_DIR};
 use garret_operator::types::CacheToken;
@@ -24,18 +24,15 @@ use kube::Client;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-const OPERATOR_USER: &str = "system:serviceaccount:garret-system:garret-operator";
 /// What this test asserts: delete (or re-issue) to 401.
 const BOUND: Duration = Duration::from_secs(10);
 
 async fn operator_in_namespace(prefix: &str) -> (Client, String, tokio::task::JoinHandle<()>) {
-    let options =
-        Options::new().identity(Identity::new(OPERATOR_USER).group("system:serviceaccounts"));
+    let options = garret_e2e::operator_options();
     let cp = ControlPlane::shared(options).await.expect("control plane");
-    let client = cp.admin_client().await.expect("client");
-    garret_e2e::install_garret_crds(&client, T)
+    let client = garret_e2e::admin_with_crds(cp, T)
         .await
-        .expect("install CRDs");
+        .expect("admin client and CRDs");
     let ns = cp.create_namespace(prefix).await.expect("namespace");
     let settings = Settings {
         namespace: Some(ns.clone()),

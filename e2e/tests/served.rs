@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane, Identity, Options};
+use garret_e2e::{rerooted, start_rendered_garretd, wait_for, ControlPlane};
 use garret_operator::controller::{self, Settings};
 use garret_operator::desired::{CACHE_KEYS_DIR, REVOCATIONS_DIR};
 use garret_operator::types::{BinaryCache, BinaryCacheStatus};
@@ -27,7 +27,6 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-const OPERATOR_USER: &str = "system:serviceaccount:garret-system:garret-operator";
 
 /// A local port that forwards each connection to `target` once it is set, and closes
 /// connections before: garretd "not running yet" as a client sees it.
@@ -136,13 +135,11 @@ async fn status_where(
 
 #[tokio::test]
 async fn a_binary_cache_is_ready_only_once_garretd_serves_its_caches() {
-    let options =
-        Options::new().identity(Identity::new(OPERATOR_USER).group("system:serviceaccounts"));
+    let options = garret_e2e::operator_options();
     let cp = ControlPlane::shared(options).await.expect("control plane");
-    let client = cp.admin_client().await.expect("client");
-    garret_e2e::install_garret_crds(&client, T)
+    let client = garret_e2e::admin_with_crds(cp, T)
         .await
-        .expect("install CRDs");
+        .expect("admin client and CRDs");
     let ns = cp.create_namespace("op-served").await.expect("namespace");
     let forwarder = Forwarder::start().await;
     let settings = Settings {
