@@ -41,10 +41,11 @@ struct Cli {
     metrics_addr: std::net::SocketAddr,
 
     /// Where to reach each BinaryCache's garretd to check that its declared caches are
-    /// served (status.caches[].served, the Ready condition): a URL template in which {name}
-    /// (the BinaryCache) and {namespace} are replaced, e.g. `http://127.0.0.1:8080` for an
-    /// operator run outside the cluster with a port-forward. Unset: the BinaryCache's
-    /// Service (its ClusterIP, port 80).
+    /// served (status.caches[].served, the Ready condition) and to push revocations: a URL
+    /// template in which {name} (the BinaryCache) and {namespace} are replaced, e.g.
+    /// `http://127.0.0.1:8080` for an operator run outside the cluster with a port-forward.
+    /// Unset: the BinaryCache's Service (its ClusterIP, port 80) for the check, and each of
+    /// its pods (from the Service's EndpointSlices) for revocations.
     #[arg(long, env = "GARRET_OPERATOR_GARRETD_URL", value_name = "URL")]
     garretd_url: Option<String>,
 

@@ -35,8 +35,9 @@ pub struct Settings {
     pub rsa_bits: usize,
     /// Re-check everything this often even without changes, to undo drift.
     pub resync: Duration,
-    /// Where to reach each BinaryCache's garretd to check what it serves: a URL template
-    /// with `{name}` and `{namespace}` (see `probe::base_url`); `None`: its Service.
+    /// Where to reach each BinaryCache's garretd to check what it serves and to push
+    /// revocations: a URL template with `{name}` and `{namespace}` (see `probe::base_url`);
+    /// `None`: its Service (check) and each of its pods (revocations).
     pub garretd_url: Option<String>,
 }
 
