@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 mod support;
 
-use support::{cpu_secs, env_usize, machine, start_server, token, Server};
+use support::{cpu_secs, create_bench_cache, env_usize, machine, start_server, token, Server};
 
 const MIB: f64 = (1u64 << 20) as f64;
 /// A store path of the corpus holds about this many bytes of files.
@@ -266,14 +266,7 @@ async fn measure(name: &str, env: &[(&str, String)], v1: &[Nar], v2: &[Nar]) -> 
     let s = start_server(env);
     let tok = token(&s);
     let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/_api/v1/cache-config/bench", s.url))
-        .bearer_auth(&tok)
-        .json(&serde_json::json!({"keypair": "Generate", "is_public": true, "store_dir": "/nix/store", "priority": 41, "upstream_cache_key_names": []}))
-        .send()
-        .await
-        .expect("create cache");
-    assert!(r.status().is_success());
+    create_bench_cache(&http, &s.url, &tok).await;
     let storage = s.data.path().join("storage");
     let logical = |v: &[Nar]| v.iter().map(|n| n.bytes.len() as f64).sum::<f64>();
     let (l1, l2) = (logical(v1), logical(v2));

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::Garretd;
-use support::{cpu_secs, env_usize, machine};
+use support::{cpu_secs, create_bench_cache, env_usize, machine};
 
 /// A made-up path: its name, upload info and NAR.
 struct SmallPath {
@@ -212,14 +212,7 @@ fn bench_server() -> (Garretd, String) {
 }
 
 async fn create_cache(http: &reqwest::Client, s: &Garretd, tok: &str) {
-    let r = http
-        .post(format!("{}/_api/v1/cache-config/bench", s.url))
-        .bearer_auth(tok)
-        .json(&serde_json::json!({"keypair": "Generate", "is_public": true, "store_dir": "/nix/store", "priority": 41, "upstream_cache_key_names": []}))
-        .send()
-        .await
-        .expect("create cache");
-    assert!(r.status().is_success(), "create cache: {}", r.status());
+    create_bench_cache(http, &s.url, tok).await;
 }
 
 /// `garret push` of `n` small source paths added to a chroot store in one `nix-store

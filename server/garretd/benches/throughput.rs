@@ -20,7 +20,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use support::{cpu_secs, env_usize, machine, start_server, token, Server};
+use support::{cpu_secs, create_bench_cache, env_usize, machine, start_server, token, Server};
 
 const MIB: usize = 1 << 20;
 
@@ -226,14 +226,7 @@ fn main() {
         let s = start_server(&[]);
         let tok = token(&s);
         let http = reqwest::Client::new();
-        let r = http
-            .post(format!("{}/_api/v1/cache-config/bench", s.url))
-            .bearer_auth(&tok)
-            .json(&serde_json::json!({"keypair": "Generate", "is_public": true, "store_dir": "/nix/store", "priority": 41, "upstream_cache_key_names": []}))
-            .send()
-            .await
-            .expect("create cache");
-        assert!(r.status().is_success());
+        create_bench_cache(&http, &s.url, &tok).await;
 
         let (hash_mbs, hash_ms) = sha256_baseline(99, nar_mib * MIB);
         // Several different NARs: on a VM the cost of fresh page-cache memory varies from

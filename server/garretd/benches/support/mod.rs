@@ -114,3 +114,15 @@ pub fn token(s: &Server) -> String {
         .trim()
         .to_string()
 }
+
+/// Creates the public cache `bench` (generated key) on the server at `base`.
+pub async fn create_bench_cache(http: &reqwest::Client, base: &str, tok: &str) {
+    let r = http
+        .post(format!("{base}/_api/v1/cache-config/bench"))
+        .bearer_auth(tok)
+        .json(&serde_json::json!({"keypair": "Generate", "is_public": true, "store_dir": "/nix/store", "priority": 41, "upstream_cache_key_names": []}))
+        .send()
+        .await
+        .expect("create cache");
+    assert!(r.status().is_success(), "create cache: {}", r.status());
+}
