@@ -122,40 +122,52 @@ impl Applied {
 /// yet, a database error) is reported in [`Applied::failed`] and does not hold back the
 /// others. Several replicas may do this at once: creation is insert-if-absent and updates
 /// converge on the file.
-pub async fn apply(db: &Database, declared: &[DeclaredCache]) -> Applied {
+///
+/// `changed` is called with each changed cache's name (and id, when it existed before) right
+/// after its write and before the next declaration is applied, so that whoever forgets
+/// remembered rows there makes the changes visible in the order they were written: a reader
+/// who sees the last one never sees an earlier one stale.
+pub async fn apply(
+    db: &Database,
+    declared: &[DeclaredCache],
+    mut changed: impl FnMut(&str, Option<i64>),
+) -> Applied {
     let mut out = Applied::default();
     for d in declared {
         match apply_one(db, d).await {
-            Ok(true) => out.changed.push(d.name.clone()),
-            Ok(false) => {}
+            Ok(Some(id)) => {
+                changed(&d.name, id);
+                out.changed.push(d.name.clone());
+            }
+            Ok(None) => {}
             Err(e) => out.failed.push((d.name.clone(), e)),
         }
     }
     out
 }
 
-/// Applies one declaration; `true` when the cache changed.
-async fn apply_one(db: &Database, d: &DeclaredCache) -> anyhow::Result<bool> {
+/// Applies one declaration; `Some` when the cache changed, with its id when it was updated.
+async fn apply_one(db: &Database, d: &DeclaredCache) -> anyhow::Result<Option<Option<i64>>> {
     let keypair = declared_keypair(d)?;
     let current = db.cache_origin(&d.name).await?;
     match plan(d, keypair, current)? {
         Action::Create(new) => {
             if db.create_cache(&new).await? {
                 tracing::info!(cache = %d.name, "declared cache created");
-                return Ok(true);
+                return Ok(Some(None));
             }
         }
         Action::Update { id, patch } => {
             db.update_cache(id, &patch).await?;
             tracing::info!(cache = %d.name, "declared cache updated");
-            return Ok(true);
+            return Ok(Some(Some(id)));
         }
         Action::Unchanged => {}
         Action::LeaveAlone => {
             tracing::warn!(cache = %d.name, "a cache of this name was created through the API; leaving it alone");
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// When to try again after `failures` attempts in a row did not apply everything: `first`,

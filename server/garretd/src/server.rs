@@ -36,7 +36,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<(SharedState, crate::dec
     let db = Database::connect(cfg.database_url()).await?;
     db.migrate().await?;
     let storage = open_storage(&cfg).await?;
-    let declared = crate::declare::apply(&db, &cfg.caches).await;
+    let declared = crate::declare::apply(&db, &cfg.caches, |_, _| {}).await;
     if !declared.complete() {
         tracing::warn!(
             pending = ?declared.pending(),

@@ -169,16 +169,5 @@ pub fn spawn(state: SharedState, source: ConfigSource, started: &Applied) {
 }
 
 async fn reload_caches(state: &SharedState, caches: &[DeclaredCache]) -> Applied {
-    let applied = crate::declare::apply(state.db(), caches).await;
-    for name in &applied.changed {
-        let id = state
-            .db()
-            .get_cache(name)
-            .await
-            .ok()
-            .flatten()
-            .map(|c| c.id);
-        state.forget_cache(name, id);
-    }
-    applied
+    crate::declare::apply(state.db(), caches, |name, id| state.forget_cache(name, id)).await
 }
