@@ -38,6 +38,7 @@ impl Database {
                 "SELECT id, chunk_hash, file_size FROM chunks WHERE compression = $1 AND state = 'V' AND chunk_hash IN ({})",
                 placeholders(2, slice.len())
             );
+            let sql = super::positional(self.engine(), &sql);
             let mut q = sqlx::query(&sql).bind(compression);
             for h in slice {
                 q = q.bind(h.as_str());
@@ -63,16 +64,9 @@ impl Database {
         for slice in rows.chunks(100) {
             let values: Vec<String> = (0..slice.len())
                 .map(|i| {
-                    let b = 2 + 6 * i;
-                    format!(
-                        "('P', ${}, ${}, ${}, ${}, ${}, ${}, $1, $1)",
-                        b,
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5
-                    )
+                    let b = 1 + 8 * i;
+                    let params: Vec<String> = (b..b + 8).map(|k| format!("${k}")).collect();
+                    format!("('P', {})", params.join(", "))
                 })
                 .collect();
             let sql = format!(
@@ -80,7 +74,8 @@ impl Database {
                  VALUES {} RETURNING id, storage_key, storage_offset",
                 values.join(", ")
             );
-            let mut q = sqlx::query(&sql).bind(now);
+            let sql = super::positional(self.engine(), &sql);
+            let mut q = sqlx::query(&sql);
             for c in slice {
                 q = q
                     .bind(&c.chunk_hash)
@@ -88,7 +83,9 @@ impl Database {
                     .bind(c.file_size)
                     .bind(&c.compression)
                     .bind(&c.storage_key)
-                    .bind(c.storage_offset);
+                    .bind(c.storage_offset)
+                    .bind(now)
+                    .bind(now);
             }
             for r in q.fetch_all(self.pool()).await.ctx("recording chunks")? {
                 let location = (

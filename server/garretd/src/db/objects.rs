@@ -236,7 +236,7 @@ impl Database {
             tx.commit().await.ctx("committing an object")?;
             return Ok((CommitOutcome::Raced, id));
         }
-        if !claim_chunks(&mut tx, nar).await? {
+        if !claim_chunks(&mut tx, self.engine(), nar).await? {
             tx.rollback().await.ctx("rolling back")?;
             return Ok((CommitOutcome::ChunkGone, 0));
         }
@@ -245,7 +245,7 @@ impl Database {
             let id = self.attach_to_winner(obj, nar).await?;
             return Ok((CommitOutcome::Raced, id));
         };
-        insert_chunkrefs(&mut tx, nar_id, &nar.chunk_ids).await?;
+        insert_chunkrefs(&mut tx, self.engine(), nar_id, &nar.chunk_ids).await?;
         if let Some(obj) = obj {
             upsert_object(&mut tx, obj, nar_id).await?;
         }
@@ -287,7 +287,11 @@ async fn concurrent_nar(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult
 /// (GC may have claimed one since we looked; refreshing `last_used_at` keeps it off them),
 /// and our own new chunks go from pending to valid. False when any chunk is not in the
 /// state it must be in; the caller rolls back.
-async fn claim_chunks(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult<bool> {
+async fn claim_chunks(
+    tx: &mut Transaction<'_, Any>,
+    engine: super::Engine,
+    nar: &NewNar,
+) -> DbResult<bool> {
     let pending: std::collections::HashSet<i64> = nar.pending.iter().copied().collect();
     let mut reused: Vec<i64> = nar
         .chunk_ids
@@ -299,6 +303,7 @@ async fn claim_chunks(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult<b
     reused.dedup();
     let refreshed = update_every_chunk(
         tx,
+        engine,
         "UPDATE chunks SET last_used_at = $1 WHERE state = 'V' AND id IN",
         true,
         &reused,
@@ -312,6 +317,7 @@ async fn claim_chunks(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult<b
     pending_sorted.sort_unstable();
     update_every_chunk(
         tx,
+        engine,
         "UPDATE chunks SET state = 'V' WHERE state = 'P' AND id IN",
         false,
         &pending_sorted,
@@ -324,6 +330,7 @@ async fn claim_chunks(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult<b
 /// `with_now`); false as soon as a slice changes fewer rows than it names.
 async fn update_every_chunk(
     tx: &mut Transaction<'_, Any>,
+    engine: super::Engine,
     update: &str,
     with_now: bool,
     ids: &[i64],
@@ -332,6 +339,7 @@ async fn update_every_chunk(
     let first = if with_now { 2 } else { 1 };
     for slice in ids.chunks(BATCH) {
         let sql = format!("{update} ({})", placeholders(first, slice.len()));
+        let sql = super::positional(engine, &sql);
         let mut q = sqlx::query(&sql);
         if with_now {
             q = q.bind(unix_now());
@@ -367,21 +375,23 @@ async fn insert_nar(tx: &mut Transaction<'_, Any>, nar: &NewNar) -> DbResult<Opt
 /// The NAR's chunk list, in order, a few hundred references per statement.
 async fn insert_chunkrefs(
     tx: &mut Transaction<'_, Any>,
+    engine: super::Engine,
     nar_id: i64,
     chunk_ids: &[i64],
 ) -> DbResult<()> {
     const REF_BATCH: usize = 300;
     for (n, slice) in chunk_ids.chunks(REF_BATCH).enumerate() {
         let values: Vec<String> = (0..slice.len())
-            .map(|i| format!("($1, ${}, ${})", 2 + 2 * i, 3 + 2 * i))
+            .map(|i| format!("(${}, ${}, ${})", 1 + 3 * i, 2 + 3 * i, 3 + 3 * i))
             .collect();
         let sql = format!(
             "INSERT INTO chunkrefs (nar_id, seq, chunk_id) VALUES {}",
             values.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(nar_id);
+        let sql = super::positional(engine, &sql);
+        let mut q = sqlx::query(&sql);
         for (i, id) in slice.iter().enumerate() {
-            q = q.bind((n * REF_BATCH + i) as i64).bind(*id);
+            q = q.bind(nar_id).bind((n * REF_BATCH + i) as i64).bind(*id);
         }
         q.execute(&mut **tx)
             .await
