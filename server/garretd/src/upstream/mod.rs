@@ -57,6 +57,34 @@ pub enum Pull {
 
 type Flight<T> = Shared<BoxFuture<'static, T>>;
 
+/// `task`'s result for everyone who waits on it. A task normally takes its own entry out
+/// of the table when done; one that died (panicked) before that gets it removed by
+/// `forget`, and its waiters get `died`.
+fn flight<T: Clone + Send + Sync + 'static>(
+    task: tokio::task::JoinHandle<T>,
+    died: T,
+    forget: impl FnOnce() + Send + 'static,
+) -> Flight<T> {
+    async move {
+        match task.await {
+            Ok(v) => v,
+            Err(_) => {
+                forget();
+                died
+            }
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// Removes `key`'s flight from `table`.
+fn forget<T>(table: &Mutex<HashMap<Key, Flight<T>>>, key: &Key) {
+    if let Ok(mut flights) = table.lock() {
+        flights.remove(key);
+    }
+}
+
 struct Inner {
     http: reqwest::Client,
     cfg: PullThroughConfig,
@@ -145,20 +173,7 @@ impl PullThrough {
                         cache.row.store_dir.clone(),
                     ));
                     let (inner, k) = (self.0.clone(), key.clone());
-                    let f = async move {
-                        match task.await {
-                            Ok(found) => found,
-                            // The task died before leaving the table: leave it for it.
-                            Err(_) => {
-                                if let Ok(mut flights) = inner.lookups.lock() {
-                                    flights.remove(&k);
-                                }
-                                None
-                            }
-                        }
-                    }
-                    .boxed()
-                    .shared();
+                    let f = flight(task, None, move || forget(&inner.lookups, &k));
                     flights.insert(key, f.clone());
                     f
                 }
@@ -215,20 +230,7 @@ impl PullThrough {
                         tx,
                     ));
                     let (inner, k) = (self.0.clone(), key.clone());
-                    let f = async move {
-                        match task.await {
-                            Ok(stored) => stored,
-                            // The task died before leaving the table: leave it for it.
-                            Err(_) => {
-                                if let Ok(mut flights) = inner.pulls.lock() {
-                                    flights.remove(&k);
-                                }
-                                false
-                            }
-                        }
-                    }
-                    .boxed()
-                    .shared();
+                    let f = flight(task, false, move || forget(&inner.pulls, &k));
                     flights.insert(key, f);
                     None
                 }
