@@ -63,11 +63,7 @@ impl Database {
         let mut ids = std::collections::HashMap::new();
         for slice in rows.chunks(100) {
             let values: Vec<String> = (0..slice.len())
-                .map(|i| {
-                    let b = 1 + 8 * i;
-                    let params: Vec<String> = (b..b + 8).map(|k| format!("${k}")).collect();
-                    format!("('P', {})", params.join(", "))
-                })
+                .map(|i| format!("('P', {})", placeholders(1 + 8 * i, 8)))
                 .collect();
             let sql = format!(
                 "INSERT INTO chunks (state, chunk_hash, chunk_size, file_size, compression, storage_key, storage_offset, created_at, last_used_at)

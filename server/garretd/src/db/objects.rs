@@ -382,7 +382,7 @@ async fn insert_chunkrefs(
     const REF_BATCH: usize = 300;
     for (n, slice) in chunk_ids.chunks(REF_BATCH).enumerate() {
         let values: Vec<String> = (0..slice.len())
-            .map(|i| format!("(${}, ${}, ${})", 1 + 3 * i, 2 + 3 * i, 3 + 3 * i))
+            .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
             .collect();
         let sql = format!(
             "INSERT INTO chunkrefs (nar_id, seq, chunk_id) VALUES {}",
