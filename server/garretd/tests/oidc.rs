@@ -211,6 +211,12 @@ async fn config_status(api: &Api, token: &str, cache: &str) -> (StatusCode, Stri
     (status, r.text().await.unwrap_or_default())
 }
 
+/// Whether `token` is refused as revoked on team-a's config.
+async fn is_revoked(api: &Api, token: &str) -> bool {
+    let (status, body) = config_status(api, token, "team-a").await;
+    status == StatusCode::UNAUTHORIZED && body.contains("revoked")
+}
+
 #[tokio::test]
 async fn granted_identities_push_and_pull_where_granted_only() {
     let s = setup().await;
@@ -533,16 +539,12 @@ async fn revocation_and_key_rotation_apply_while_running() {
     let other = s.ec.sign(&sa_claims(PUSHER));
     assert_eq!(config_status(&api, &one, "team-a").await.0, StatusCode::OK);
     std::fs::write(s.revoked(), "revoke-me\n").expect("revoke jti");
-    let mut revoked = false;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !revoked && std::time::Instant::now() < deadline {
-        let (status, body) = config_status(&api, &one, "team-a").await;
-        revoked = status == StatusCode::UNAUTHORIZED && body.contains("revoked");
-        if !revoked {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    assert!(revoked, "revoked by jti, remembered verdict included");
+    eventually(
+        Duration::from_secs(20),
+        "revoked by jti, remembered verdict included",
+        || is_revoked(&api, &one),
+    )
+    .await;
     assert_eq!(
         config_status(&api, &other, "team-a").await.0,
         StatusCode::OK
@@ -550,16 +552,10 @@ async fn revocation_and_key_rotation_apply_while_running() {
 
     // Revoking the subject refuses every token of that identity.
     std::fs::write(s.revoked(), format!("sub:{PUSHER}\n")).expect("revoke");
-    let mut revoked = false;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !revoked && std::time::Instant::now() < deadline {
-        let (status, body) = config_status(&api, &ec_token, "team-a").await;
-        revoked = status == StatusCode::UNAUTHORIZED && body.contains("revoked");
-        if !revoked {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    assert!(revoked, "revoked by sub");
+    eventually(Duration::from_secs(20), "revoked by sub", || {
+        is_revoked(&api, &ec_token)
+    })
+    .await;
     let fresh = s.ec.sign(&sa_claims(PUSHER));
     assert_eq!(
         push(&s.api, &fresh, "team-a", "four").await.0,
