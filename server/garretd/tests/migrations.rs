@@ -108,3 +108,70 @@ fn new_chunk(hash: &str, key: &str, offset: i64) -> garretd::db::NewChunk {
         storage_offset: offset,
     }
 }
+
+/// Migration 7 keeps only valid chunks in the hash index: deduplication must still find
+/// exactly the valid chunks (never a pending or doomed one), follow state changes, and on
+/// SQLite look them up through the index rather than by scanning the table.
+#[tokio::test]
+async fn the_chunk_hash_index_holds_valid_chunks_and_serves_deduplication() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_old(dir.path(), 6).await;
+    db.pool()
+        .execute(
+            "INSERT INTO chunks (id, state, chunk_hash, chunk_size, file_size, compression, storage_key, storage_offset, created_at, last_used_at)
+             VALUES (1, 'V', 'blake3:a', 20, 11, 'zstd', 'pack-1', 0, 0, 0),
+                    (2, 'P', 'blake3:a', 20, 12, 'zstd', 'pack-2', 0, 0, 0),
+                    (3, 'D', 'blake3:b', 20, 13, 'zstd', 'pack-3', 0, 0, 0),
+                    (4, 'V', 'blake3:c', 20, 20, 'none', 'pack-4', 0, 0, 0);",
+        )
+        .await
+        .expect("rows in the old schema");
+    if common::on_postgres() {
+        db.pool()
+            .execute("SELECT setval('chunks_id_seq', 4)")
+            .await
+            .expect("sequence");
+    }
+    db.migrate().await.expect("upgrade");
+
+    let hashes: Vec<String> = ["blake3:a", "blake3:b", "blake3:c"]
+        .map(String::from)
+        .to_vec();
+    let found = db.find_chunks(&hashes, "zstd").await.expect("lookup");
+    assert_eq!(
+        found,
+        std::collections::HashMap::from([("blake3:a".to_string(), (1, 11))]),
+        "only the valid chunk with this compression"
+    );
+
+    db.pool()
+        .execute("UPDATE chunks SET state = 'V' WHERE id = 3; UPDATE chunks SET state = 'D' WHERE id = 1;")
+        .await
+        .expect("state changes");
+    let found = db.find_chunks(&hashes, "zstd").await.expect("lookup");
+    assert_eq!(
+        found,
+        std::collections::HashMap::from([("blake3:b".to_string(), (3, 13))]),
+        "the index follows chunks into and out of the valid state"
+    );
+
+    if !common::on_postgres() {
+        let plan = sqlx::query(
+            "EXPLAIN QUERY PLAN SELECT id, chunk_hash, file_size FROM chunks WHERE compression = ? AND state = 'V' AND chunk_hash IN (?, ?)",
+        )
+        .bind("zstd")
+        .bind("blake3:a")
+        .bind("blake3:b")
+        .fetch_all(db.pool())
+        .await
+        .expect("query plan");
+        let details: Vec<String> = plan
+            .iter()
+            .map(|r| sqlx::Row::try_get::<String, _>(r, "detail").expect("detail"))
+            .collect();
+        assert!(
+            details.iter().any(|d| d.contains("INDEX chunks_by_hash")),
+            "deduplication lookups use the index: {details:?}"
+        );
+    }
+}
