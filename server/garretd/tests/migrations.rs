@@ -156,15 +156,17 @@ async fn the_chunk_hash_index_holds_valid_chunks_and_serves_deduplication() {
     );
 
     if !common::on_postgres() {
-        let plan = sqlx::query(
-            "EXPLAIN QUERY PLAN SELECT id, chunk_hash, file_size FROM chunks WHERE compression = ? AND state = 'V' AND chunk_hash IN (?, ?)",
-        )
-        .bind("zstd")
-        .bind("blake3:a")
-        .bind("blake3:b")
-        .fetch_all(db.pool())
-        .await
-        .expect("query plan");
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {}",
+            garretd::db::find_chunks_sql(garretd::db::Engine::Sqlite, 2)
+        );
+        let plan = sqlx::query(&sql)
+            .bind("zstd")
+            .bind("blake3:a")
+            .bind("blake3:b")
+            .fetch_all(db.pool())
+            .await
+            .expect("query plan");
         let details: Vec<String> = plan
             .iter()
             .map(|r| sqlx::Row::try_get::<String, _>(r, "detail").expect("detail"))

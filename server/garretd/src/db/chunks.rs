@@ -25,6 +25,17 @@ pub struct ChunkLoc {
     pub valid: bool,
 }
 
+/// The deduplication lookup for `n` hashes (compression `$1`, hashes after it). It says
+/// `state = 'V'` literally, so both engines can use the partial index `chunks_by_hash`
+/// (migration 7); public so the migration test checks the plan of this very query.
+pub fn find_chunks_sql(engine: super::Engine, n: usize) -> String {
+    let sql = format!(
+        "SELECT id, chunk_hash, file_size FROM chunks WHERE compression = $1 AND state = 'V' AND chunk_hash IN ({})",
+        placeholders(2, n)
+    );
+    super::positional(engine, &sql).into_owned()
+}
+
 impl Database {
     /// Valid chunks among `hashes` with this compression: hash → (id, file size).
     pub async fn find_chunks(
@@ -34,11 +45,7 @@ impl Database {
     ) -> DbResult<std::collections::HashMap<String, (i64, i64)>> {
         let mut found = std::collections::HashMap::new();
         for slice in hashes.chunks(500) {
-            let sql = format!(
-                "SELECT id, chunk_hash, file_size FROM chunks WHERE compression = $1 AND state = 'V' AND chunk_hash IN ({})",
-                placeholders(2, slice.len())
-            );
-            let sql = super::positional(self.engine(), &sql);
+            let sql = find_chunks_sql(self.engine(), slice.len());
             let mut q = sqlx::query(&sql).bind(compression);
             for h in slice {
                 q = q.bind(h.as_str());

@@ -14,7 +14,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use caches::{CachePatch, CacheRow, NewCache};
-pub use chunks::{ChunkLoc, NewChunk};
+pub use chunks::{find_chunks_sql, ChunkLoc, NewChunk};
 pub use objects::{CommitOutcome, NarRow, NewNar, NewObject, ObjectRow, PathMeta};
 pub use pins::{DeleteOutcome, NewPin, PinOutcome, PinRow};
 pub use upload_sessions::{PartRow, SessionKey, SessionRow};
